@@ -1,0 +1,7 @@
+"""gnn-attn: a Lightning + Hydra template for graph attention networks."""
+
+from gnn_attn.config import register_resolvers
+
+register_resolvers()
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from gnn_attn.callbacks.selection import EarlyStoppingCheckpoint
+
+__all__ = ["EarlyStoppingCheckpoint"]

@@ -1,0 +1,126 @@
+"""Graph attention networks: GAT (v1, Veličković et al. 2018) and GATv2 (Brody et al. 2022)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch_geometric.nn import GATConv, GATv2Conv
+
+from gnn_attn.errors import UserError
+from gnn_attn.models.stack import LayerStack, _check_positive, per_layer
+
+VERSIONS = {"v1": GATConv, "v2": GATv2Conv}
+
+
+class GAT(LayerStack):
+    r"""A stack of multi-head graph attention layers.
+
+    Each head :math:`k` of a layer computes, over the neighbours :math:`j` of node
+    :math:`i` (self-loop included),
+
+    .. math::
+        \mathbf{h}'_i = \big\Vert_{k=1}^{K} \text{ or } \tfrac{1}{K}\textstyle\sum_{k=1}^{K}
+        \;\sum_{j \in \mathcal{N}(i) \cup \{i\}} \alpha^{k}_{ij}\,\mathbf{W}^{k}\mathbf{h}_j
+
+    with attention coefficients (``version="v1"``, GAT)
+
+    .. math::
+        \alpha_{ij} = \mathrm{softmax}_j\big(\mathrm{LeakyReLU}(\mathbf{a}^\top
+        [\mathbf{W}\mathbf{h}_i \,\Vert\, \mathbf{W}\mathbf{h}_j])\big)
+
+    or (``version="v2"``, GATv2, "dynamic" attention)
+
+    .. math::
+        \alpha_{ij} = \mathrm{softmax}_j\big(\mathbf{a}^\top \mathrm{LeakyReLU}(
+        \mathbf{W}[\mathbf{h}_i \,\Vert\, \mathbf{h}_j])\big).
+
+    Hidden layers concatenate (``concat=True``) or average their heads; the output layer
+    averages its ``out_heads`` heads (the GAT paper: 1 head on Cora/CiteSeer, 8 on PubMed).
+
+    Args:
+        in_channels: input features :math:`F_{in}`.
+        out_channels: classes :math:`C`.
+        hidden_channels: features per head in hidden layers (default 8).
+        num_layers: attention layers, output layer included (default 2).
+        heads: heads per hidden layer, one int or a list of ``num_layers - 1`` ints.
+        concat: concatenate (true) or average (false) the heads of each hidden layer; one
+            bool or a list.
+        out_heads: heads of the output layer, always averaged.
+        version: ``v1`` (:class:`~torch_geometric.nn.conv.GATConv`) or ``v2``
+            (:class:`~torch_geometric.nn.conv.GATv2Conv`).
+        dropout: dropout on every layer's input (default 0.6).
+        attn_dropout: dropout on the attention coefficients :math:`\alpha` (default 0.6).
+        negative_slope: slope of the LeakyReLU (default 0.2).
+        activation: non-linearity after hidden layers (default ``elu``).
+        residual: see :class:`LayerStack`.
+
+    Shapes: ``x`` :math:`(N, F_{in})`, ``edge_index`` :math:`(2, E)` → :math:`(N, C)`;
+    :meth:`attention` returns per layer ``edge_index`` :math:`(2, E + N)` (self-loops
+    added) and :math:`\alpha` of shape :math:`(E + N, K)`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden_channels: int = 8,
+        num_layers: int = 2,
+        heads: int | Sequence[int] = 8,
+        concat: bool | Sequence[bool] = True,
+        out_heads: int = 1,
+        version: str = "v1",
+        dropout: float = 0.6,
+        attn_dropout: float = 0.6,
+        negative_slope: float = 0.2,
+        activation: str = "elu",
+        residual: bool = False,
+    ) -> None:
+        super().__init__(dropout, activation, residual)
+        if version not in VERSIONS:
+            raise UserError(f"unknown attention version '{version}'; choose v1 or v2")
+        _check_positive(hidden=hidden_channels, layers=num_layers, out_heads=out_heads)
+        n_hidden = num_layers - 1
+        heads_l = per_layer(heads, n_hidden, "model.heads")
+        concat_l = per_layer(concat, n_hidden, "model.concat")
+        for h in heads_l:
+            _check_positive(heads=h)
+        conv = VERSIONS[version]
+        self.version = version
+        self.dims = [in_channels]
+        for h, c in zip([*heads_l, out_heads], [*concat_l, False], strict=True):
+            last = len(self.layers) == n_hidden
+            d_out = out_channels if last else hidden_channels
+            self.layers.append(
+                conv(
+                    self.dims[-1],
+                    d_out,
+                    heads=h,
+                    concat=c,
+                    dropout=attn_dropout,
+                    negative_slope=negative_slope,
+                )
+            )
+            self.dims.append(d_out * h if c else d_out)
+        self._finish()
+
+    @torch.no_grad()
+    def attention(self, x: Tensor, edge_index: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Attention coefficients of every layer, from a forward pass in the current mode.
+
+        Returns a list (one item per layer) of ``(edge_index, alpha)``: ``edge_index``
+        :math:`(2, E')` with self-loops, ``alpha`` :math:`(E', K)`; for each target node
+        :math:`i = \\text{edge\\_index}[1]` and head, :math:`\\sum_j \\alpha_{ij} = 1`.
+        """
+        out: list[tuple[Tensor, Tensor]] = []
+        h = x
+        for i, layer in enumerate(self.layers):
+            h_in = torch.nn.functional.dropout(h, self.dropout, self.training)
+            h, (ei, alpha) = layer(h_in, edge_index, return_attention_weights=True)
+            if self.residual:
+                h = h + self.res[i](h_in)
+            if i < len(self.layers) - 1:
+                h = self.act(h)
+            out.append((ei, alpha))
+        return out

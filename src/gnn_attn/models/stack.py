@@ -1,0 +1,110 @@
+"""The layer stack shared by every backbone: dropout → layer → (+ residual) → activation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gnn_attn.errors import UserError
+
+ACTIVATIONS = ("elu", "relu", "leaky_relu", "gelu", "silu", "tanh")
+
+
+def per_layer(value: int | bool | Sequence, n: int, name: str) -> list:
+    """Broadcast a scalar to ``n`` hidden layers, or check a per-layer list has ``n`` items."""
+    if isinstance(value, (int, bool, float, str)):
+        return [value] * n
+    values = list(value)
+    if len(values) != n:
+        raise UserError(
+            f"{name} has {len(values)} entries but the model has {n} hidden layers; "
+            f"give one value or {n}"
+        )
+    return values
+
+
+class LayerStack(nn.Module):
+    r"""A stack of ``L`` graph (or plain) layers with the classic GNN wiring.
+
+    .. math::
+        \mathbf{H}^{(0)} = \mathbf{X},\qquad
+        \mathbf{H}^{(l+1)} = \sigma\big(f_l(\mathrm{drop}_p(\mathbf{H}^{(l)}), \mathcal{E})
+        + \mathbf{R}_l\,\mathrm{drop}_p(\mathbf{H}^{(l)})\big)
+
+    with no activation :math:`\sigma` after the last layer (it returns logits) and the
+    residual projection :math:`\mathbf{R}_l` only when ``residual=True`` (identity when the
+    widths agree, else a bias-free linear map).
+
+    Subclasses build ``self.layers`` (and record ``self.dims``, the width of every
+    :math:`\mathbf{H}^{(l)}`), then call :meth:`_finish`. A layer is called as
+    ``layer(h, edge_index)`` when ``self.graph_layers`` is true, else ``layer(h)``.
+
+    Args:
+        dropout: probability :math:`p` of zeroing an input entry of every layer.
+        activation: name of a function in :mod:`torch.nn.functional` (``elu``, ``relu``…).
+        residual: add the (projected) layer input to the layer output.
+
+    Shapes:
+        - input: node features :math:`(N, F_{in})`, edge indices :math:`(2, E)`
+        - output: logits :math:`(N, C)`; :meth:`embed` returns :math:`(N, F_{L-1})`, the
+          input of the last layer (after the activation, before dropout).
+    """
+
+    graph_layers = True
+
+    def __init__(self, dropout: float, activation: str, residual: bool) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise UserError(
+                f"unknown activation '{activation}'; choose one of {', '.join(ACTIVATIONS)}"
+            )
+        self.dropout = dropout
+        self.act = getattr(F, activation)
+        self.residual = residual
+        self.layers = nn.ModuleList()
+        self.dims: list[int] = []
+
+    def _finish(self) -> None:
+        self.res = nn.ModuleList()
+        if self.residual:
+            for d_in, d_out in zip(self.dims[:-1], self.dims[1:], strict=True):
+                lin = nn.Identity() if d_in == d_out else nn.Linear(d_in, d_out, bias=False)
+                self.res.append(lin)
+
+    def _layer(self, i: int, h: Tensor, edge_index: Tensor) -> Tensor:
+        h = F.dropout(h, self.dropout, self.training)
+        out = self.layers[i](h, edge_index) if self.graph_layers else self.layers[i](h)
+        if self.residual:
+            out = out + self.res[i](h)
+        return out
+
+    def embed(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        """The hidden representation fed to the last layer, :math:`(N, F_{L-1})`."""
+        h = x
+        for i in range(len(self.layers) - 1):
+            h = self.act(self._layer(i, h, edge_index))
+        return h
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        h = self.embed(x, edge_index)
+        return self._layer(len(self.layers) - 1, h, edge_index)
+
+    @property
+    def first_layer(self) -> nn.Module:
+        return self.layers[0]
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _check_positive(**values: int) -> None:
+    for name, v in values.items():
+        if v < 1:
+            raise UserError(f"model.{name} must be ≥ 1 (got {v})")
+
+
+__all__ = ["LayerStack", "count_parameters", "per_layer", "torch"]

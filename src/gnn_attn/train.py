@@ -1,0 +1,145 @@
+"""One training run: instantiate from the config, fit, select on validation, test."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from gnn_attn.callbacks import EarlyStoppingCheckpoint
+from gnn_attn.console import print_config, quiet
+from gnn_attn.errors import UserError
+from gnn_attn.models import count_parameters
+
+
+def _hydra_job() -> tuple[str | None, str | None]:
+    """(run name from the overrides, sweep dir when multirun) — (None, None) outside Hydra."""
+    if not HydraConfig.initialized():
+        return None, None
+    hc = HydraConfig.get()
+    name = hc.job.override_dirname or hc.job.name
+    group = hc.sweep.dir if str(hc.mode) == "RunMode.MULTIRUN" else None
+    return name, group
+
+
+def build_loggers(cfg: DictConfig) -> list[Logger]:
+    name, group = _hydra_job()
+    loggers: list[Logger] = []
+    for key, lg_cfg in (cfg.get("logger") or {}).items():
+        if key == "wandb":
+            with open_dict(lg_cfg):
+                lg_cfg.name = lg_cfg.name or name
+                lg_cfg.group = lg_cfg.group or group
+        loggers.append(instantiate(lg_cfg))
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig) -> tuple[EarlyStoppingCheckpoint, list[L.Callback]]:
+    selection = instantiate(cfg.early_stopping)
+    callbacks = [selection]
+    callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if cfg.trainer.get("enable_progress_bar", True) and cfg.get("progress_bar"):
+        callbacks.append(instantiate(cfg.progress_bar))
+    return selection, callbacks
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON atomically (a reader never sees half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train, select the best-validation checkpoint, test it; return and write the metrics.
+
+    Writes ``<paths.output_dir>/metrics.json`` and ``checkpoints/{best,last}.ckpt``.
+    """
+    quiet()
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("print_config"):
+        print_config(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate(cfg.data.module)
+    datamodule.setup("fit")
+    module = instantiate(
+        cfg.model.module, in_channels=datamodule.num_features, num_classes=datamodule.num_classes
+    )
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    selection, callbacks = build_callbacks(cfg)
+    loggers = build_loggers(cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(module.run_config)
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - start
+    epochs = trainer.current_epoch
+    if selection.best_epoch < 0:
+        raise UserError("training ran no validation epoch; set trainer.max_epochs ≥ 1")
+
+    best = selection.best_model_path
+    val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    metrics = {
+        "dataset": datamodule.name,
+        "model": cfg.model.name,
+        "seed": cfg.seed,
+        "test/acc": float(test["test/acc"]),
+        "test/loss": float(test["test/loss"]),
+        "val/acc": float(val["val/acc"]),
+        "val/loss": float(val["val/loss"]),
+        "val/acc_best": float(module.val_acc_best.compute()),
+        "best_epoch": selection.best_epoch,
+        "epochs": epochs,
+        "fit_seconds": round(fit_seconds, 3),
+        "ms_per_epoch": round(1000 * fit_seconds / max(epochs, 1), 3),
+        "num_params": count_parameters(module.net),
+        "checkpoint": best,
+        "output_dir": str(out_dir),
+    }
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            lg.experiment.summary.update({k: v for k, v in metrics.items() if k != "output_dir"})
+    write_json(out_dir / "metrics.json", metrics)
+    print(
+        f"{metrics['model']} on {metrics['dataset']} (seed {cfg.seed}): "
+        f"test/acc {metrics['test/acc']:.4f} | val/acc {metrics['val/acc']:.4f} "
+        f"(best epoch {selection.best_epoch} of {epochs}) | "
+        f"{metrics['ms_per_epoch']:.1f} ms/epoch | {out_dir}"
+    )
+    return metrics
+
+
+def finish_wandb() -> None:
+    """Close the W&B run of this job, if any (Hydra multirun would merge runs otherwise)."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+def main(cfg: DictConfig) -> float | None:
+    """Entry point for ``train.py``: user errors become one line on stderr and exit 2."""
+    try:
+        return run(cfg)["val/acc_best"]
+    except UserError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"Error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    finally:
+        finish_wandb()

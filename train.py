@@ -1,0 +1,15 @@
+"""Train one model (or a sweep with -m): python train.py model=gatv2 data=cora"""
+
+import hydra
+from omegaconf import DictConfig
+
+import gnn_attn.train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return gnn_attn.train.main(cfg)
+
+
+if __name__ == "__main__":
+    main()
