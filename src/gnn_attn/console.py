@@ -19,6 +19,7 @@ _IGNORED_WARNINGS = (
     r".*GPU available but not used.*",
     r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
     r".*LeafSpec.*",
+    r".*callbacks used to create the checkpoint need to be provided.*",
 )
 
 
@@ -37,6 +38,8 @@ def print_config(cfg: DictConfig, order: tuple[str, ...] = ("data", "model", "tr
     for key in keys:
         value = cfg[key]
         branch = tree.add(str(key), style="bold")
-        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        text = (
+            OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        )
         branch.add(rich.syntax.Syntax(text.rstrip() or "{}", "yaml", theme="ansi_dark"))
     rich.print(tree)

@@ -1,0 +1,79 @@
+"""Backbones: shapes, per-layer options, embeddings and attention weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch_geometric.utils import scatter
+
+from gnn_attn.errors import UserError
+from gnn_attn.models import GAT, GCN, MLP
+
+N, F, C = 12, 5, 3
+
+
+@pytest.fixture
+def graph() -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    x = torch.rand(N, F)
+    src = torch.arange(N)
+    dst = (src + 1) % N
+    edge_index = torch.cat([torch.stack([src, dst]), torch.stack([dst, src])], dim=1)
+    return x, edge_index
+
+
+@pytest.mark.parametrize(
+    ("net", "embed_dim"),
+    [
+        (MLP(F, C, hidden_channels=7), 7),
+        (GCN(F, C, hidden_channels=6, num_layers=3, residual=True), 6),
+        (GAT(F, C, hidden_channels=4, heads=3), 12),
+        (GAT(F, C, hidden_channels=4, heads=3, concat=False, version="v2"), 4),
+        (GAT(F, C, hidden_channels=4, num_layers=3, heads=[2, 4], concat=[True, False]), 4),
+    ],
+)
+def test_shapes(graph, net, embed_dim: int) -> None:
+    x, edge_index = graph
+    net.eval()
+    assert net(x, edge_index).shape == (N, C)
+    assert net.embed(x, edge_index).shape == (N, embed_dim)
+
+
+def test_gat_layer_widths_follow_heads_and_concat() -> None:
+    net = GAT(F, C, hidden_channels=8, num_layers=3, heads=[8, 2], concat=[True, False])
+    assert net.dims == [F, 64, 8, C]
+    assert [layer.heads for layer in net.layers] == [8, 2, 1]
+
+
+def test_attention_sums_to_one_per_node_and_head(graph) -> None:
+    x, edge_index = graph
+    for version in ("v1", "v2"):
+        net = GAT(F, C, heads=4, out_heads=2, version=version).eval()
+        layers = net.attention(x, edge_index)
+        assert len(layers) == 2
+        for (ei, alpha), heads in zip(layers, (4, 2), strict=True):
+            assert ei.size(1) == edge_index.size(1) + N  # self-loops added
+            assert alpha.shape == (ei.size(1), heads)
+            sums = scatter(alpha, ei[1], dim=0, dim_size=N, reduce="sum")
+            assert torch.allclose(sums, torch.ones(N, heads), atol=1e-5)
+
+
+def test_attention_forward_matches_forward(graph) -> None:
+    x, edge_index = graph
+    net = GAT(F, C, heads=2, residual=True).eval()
+    assert net(x, edge_index).shape == (N, C)
+    # the attention pass is the same computation as forward, layer by layer
+    assert len(net.attention(x, edge_index)) == len(net.layers)
+
+
+def test_bad_hyperparameters_are_user_errors() -> None:
+    with pytest.raises(UserError, match=r"model.heads must be ≥ 1 \(got 0\)"):
+        GAT(F, C, heads=0)
+    with pytest.raises(UserError, match="3 hidden layers"):
+        GAT(F, C, num_layers=4, heads=[1, 2])
+    with pytest.raises(UserError, match="attention version"):
+        GAT(F, C, version="v3")
+    with pytest.raises(UserError, match="activation"):
+        GCN(F, C, activation="nope")
+    with pytest.raises(UserError, match=r"model.hidden must be ≥ 1"):
+        MLP(F, C, hidden_channels=0)
