@@ -19,6 +19,8 @@ _IGNORED_WARNINGS = (
     r".*GPU available but not used.*",
     r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
     r".*LeafSpec.*",
+    r".*Sparse CSR tensor support is in beta.*",
+    r".*Sparse invariant checks are implicitly disabled.*",
     r".*callbacks used to create the checkpoint need to be provided.*",
 )
 

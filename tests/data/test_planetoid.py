@@ -43,13 +43,16 @@ def test_counts_match_the_papers(name: str, cache_dir: Path) -> None:
 def test_features_are_row_normalised(cache_dir: Path) -> None:
     dm = PlanetoidDataModule("cora", data_dir=str(DATA), cache_dir=str(cache_dir), verbose=False)
     dm.setup()
-    sums = dm.data.x.sum(dim=1)
+    assert dm.data.x.layout == torch.sparse_csr  # sparse by default
+    sums = dm.data.x.to_dense().sum(dim=1)
     nonzero = sums > 0
     assert torch.allclose(sums[nonzero], torch.ones(int(nonzero.sum())), atol=1e-5)
     raw = PlanetoidDataModule(
-        "cora", data_dir=str(DATA), cache_dir=str(cache_dir), normalize_features=False
+        "cora", data_dir=str(DATA), cache_dir=str(cache_dir), normalize_features=False,
+        sparse_features=False,
     )
     raw.setup()
+    assert raw.data.x.layout == torch.strided
     assert raw.data.x.max() == 1.0 and raw.data.x.sum(dim=1).max() > 1.0
 
 

@@ -58,7 +58,7 @@ def graph_stats(data: Data) -> dict[str, Any]:
     return {
         "nodes": n,
         "edges": data.edge_index.size(1) // 2,
-        "features": data.num_features,
+        "features": int(data.x.size(1)),
         "classes": int(data.y.max()) + 1,
         "train": int(data.train_mask.sum()),
         "val": int(data.val_mask.sum()),
@@ -101,11 +101,14 @@ class PlanetoidDataModule(L.LightningDataModule):
         cache_dir: folder for PyG's processed tensors.
         normalize_features: divide each feature row by its sum (:math:`\mathbf{x}_i /
             \sum_j x_{ij}`), as in the GCN and GAT papers.
+        sparse_features: keep ``x`` as a CSR tensor (the features are ~1 % non-zero); every
+            backbone takes it, with dropout on the stored values only. ``false`` keeps the
+            dense matrix (for comparison; much slower).
         download: let PyG download missing raw files (needs network access).
         verbose: print the dataset report at setup.
 
     Batches:
-        A :class:`torch_geometric.data.Data` with ``x`` :math:`(N, F)`, ``edge_index``
+        A :class:`torch_geometric.data.Data` with ``x`` :math:`(N, F)` (CSR or dense), ``edge_index``
         :math:`(2, E)`, ``y`` :math:`(N,)` and boolean ``train_mask``, ``val_mask``,
         ``test_mask`` of shape :math:`(N,)`.
     """
@@ -116,6 +119,7 @@ class PlanetoidDataModule(L.LightningDataModule):
         data_dir: str = "data/planetoid",
         cache_dir: str = ".cache/planetoid",
         normalize_features: bool = True,
+        sparse_features: bool = True,
         download: bool = True,
         verbose: bool = True,
     ) -> None:
@@ -129,6 +133,7 @@ class PlanetoidDataModule(L.LightningDataModule):
         self.data_dir = Path(data_dir)
         self.cache_dir = Path(cache_dir)
         self.normalize_features = normalize_features
+        self.sparse_features = sparse_features
         self.download = download
         self.verbose = verbose
         self.data: Data | None = None
@@ -149,7 +154,10 @@ class PlanetoidDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
-            self.data = self._load()
+            data = self._load()
+            if self.sparse_features:
+                data.x = data.x.to_sparse_csr()
+            self.data = data
             self.stats = {"dataset": self.name, **graph_stats(self.data)}
             if self.verbose:
                 print(self.report())
@@ -190,7 +198,7 @@ class PlanetoidDataModule(L.LightningDataModule):
     @property
     def num_features(self) -> int:
         assert self.data is not None, "call setup() first"
-        return self.data.num_features
+        return int(self.data.x.size(1))
 
     @property
     def num_classes(self) -> int:

@@ -9,9 +9,12 @@ from torch import Tensor
 from torch_geometric.nn import GATConv, GATv2Conv
 
 from gnn_attn.errors import UserError
+from gnn_attn.models.gat_conv import FusedGATConv
+from gnn_attn.models.sparse import dropout, sparse_aware
 from gnn_attn.models.stack import LayerStack, _check_positive, per_layer
 
 VERSIONS = {"v1": GATConv, "v2": GATv2Conv}
+IMPLS = ("fused", "pyg")
 
 
 class GAT(LayerStack):
@@ -55,6 +58,10 @@ class GAT(LayerStack):
         negative_slope: slope of the LeakyReLU (default 0.2).
         activation: non-linearity after hidden layers (default ``elu``).
         residual: see :class:`LayerStack`.
+        impl: ``fused`` (:class:`~gnn_attn.models.gat_conv.FusedGATConv`, the fast layer,
+            equal to PyG's) or ``pyg`` (PyG's ``GATConv``/``GATv2Conv`` themselves).
+        feat_dropout: dropout on the projected features before aggregation, as in the
+            official GAT code (``fused`` only; default 0).
 
     Shapes: ``x`` :math:`(N, F_{in})`, ``edge_index`` :math:`(2, E)` → :math:`(N, C)`;
     :meth:`attention` returns per layer ``edge_index`` :math:`(2, E + N)` (self-loops
@@ -76,32 +83,41 @@ class GAT(LayerStack):
         negative_slope: float = 0.2,
         activation: str = "elu",
         residual: bool = False,
+        impl: str = "fused",
+        feat_dropout: float = 0.0,
     ) -> None:
         super().__init__(dropout, activation, residual)
         if version not in VERSIONS:
             raise UserError(f"unknown attention version '{version}'; choose v1 or v2")
+        if impl not in IMPLS:
+            raise UserError(f"unknown model.impl '{impl}'; choose fused or pyg")
+        if impl == "pyg" and feat_dropout > 0:
+            raise UserError(
+                "model.feat_dropout needs model.impl=fused (PyG's layers have no dropout "
+                "before aggregation); set model.feat_dropout=0 or model.impl=fused"
+            )
         _check_positive(hidden=hidden_channels, layers=num_layers, out_heads=out_heads)
         n_hidden = num_layers - 1
         heads_l = per_layer(heads, n_hidden, "model.heads")
         concat_l = per_layer(concat, n_hidden, "model.concat")
         for h in heads_l:
             _check_positive(heads=h)
-        conv = VERSIONS[version]
-        self.version = version
+        self.version, self.impl = version, impl
         self.dims = [in_channels]
         for h, c in zip([*heads_l, out_heads], [*concat_l, False], strict=True):
             last = len(self.layers) == n_hidden
             d_out = out_channels if last else hidden_channels
-            self.layers.append(
-                conv(
-                    self.dims[-1],
-                    d_out,
-                    heads=h,
-                    concat=c,
-                    dropout=attn_dropout,
-                    negative_slope=negative_slope,
+            kwargs = dict(heads=h, concat=c, dropout=attn_dropout, negative_slope=negative_slope)
+            if impl == "fused":
+                layer = FusedGATConv(
+                    self.dims[-1], d_out, version=version, feat_dropout=feat_dropout, **kwargs
                 )
-            )
+            else:
+                layer = VERSIONS[version](self.dims[-1], d_out, **kwargs)
+                for name in ("lin", "lin_l", "lin_r"):  # also take CSR features
+                    if getattr(layer, name, None) is not None:
+                        setattr(layer, name, sparse_aware(getattr(layer, name)))
+            self.layers.append(layer)
             self.dims.append(d_out * h if c else d_out)
         self._finish()
 
@@ -116,7 +132,7 @@ class GAT(LayerStack):
         out: list[tuple[Tensor, Tensor]] = []
         h = x
         for i, layer in enumerate(self.layers):
-            h_in = torch.nn.functional.dropout(h, self.dropout, self.training)
+            h_in = dropout(h, self.dropout, self.training)
             h, (ei, alpha) = layer(h_in, edge_index, return_attention_weights=True)
             if self.residual:
                 h = h + self.res[i](h_in)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch_geometric.nn import GCNConv
 
+from gnn_attn.models.sparse import sparse_aware
 from gnn_attn.models.stack import LayerStack, _check_positive
 
 
@@ -42,5 +43,7 @@ class GCN(LayerStack):
         _check_positive(hidden=hidden_channels, layers=num_layers)
         self.dims = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
         for d_in, d_out in zip(self.dims[:-1], self.dims[1:], strict=True):
-            self.layers.append(GCNConv(d_in, d_out, cached=True))
+            conv = GCNConv(d_in, d_out, cached=True)
+            conv.lin = sparse_aware(conv.lin)  # same weights; also takes CSR features
+            self.layers.append(conv)
         self._finish()

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from torch import nn
-
+from gnn_attn.models.sparse import SparseLinear
 from gnn_attn.models.stack import LayerStack, _check_positive
 
 
@@ -41,5 +40,5 @@ class MLP(LayerStack):
         _check_positive(hidden=hidden_channels, layers=num_layers)
         self.dims = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
         for d_in, d_out in zip(self.dims[:-1], self.dims[1:], strict=True):
-            self.layers.append(nn.Linear(d_in, d_out))
+            self.layers.append(SparseLinear(d_in, d_out))
         self._finish()

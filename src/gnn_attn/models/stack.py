@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gnn_attn.errors import UserError
+from gnn_attn.models.sparse import dropout
 
 ACTIVATIONS = ("elu", "relu", "leaky_relu", "gelu", "silu", "tanh")
 
@@ -47,8 +47,11 @@ class LayerStack(nn.Module):
         activation: name of a function in :mod:`torch.nn.functional` (``elu``, ``relu``…).
         residual: add the (projected) layer input to the layer output.
 
+    The first layer also takes CSR features (dropout then acts on the stored values only,
+    see :mod:`gnn_attn.models.sparse`).
+
     Shapes:
-        - input: node features :math:`(N, F_{in})`, edge indices :math:`(2, E)`
+        - input: node features :math:`(N, F_{in})` (dense or CSR), edges :math:`(2, E)`
         - output: logits :math:`(N, C)`; :meth:`embed` returns :math:`(N, F_{L-1})`, the
           input of the last layer (after the activation, before dropout).
     """
@@ -75,7 +78,7 @@ class LayerStack(nn.Module):
                 self.res.append(lin)
 
     def _layer(self, i: int, h: Tensor, edge_index: Tensor) -> Tensor:
-        h = F.dropout(h, self.dropout, self.training)
+        h = dropout(h, self.dropout, self.training)
         out = self.layers[i](h, edge_index) if self.graph_layers else self.layers[i](h)
         if self.residual:
             out = out + self.res[i](h)
@@ -106,5 +109,3 @@ def _check_positive(**values: int) -> None:
         if v < 1:
             raise UserError(f"model.{name} must be ≥ 1 (got {v})")
 
-
-__all__ = ["LayerStack", "count_parameters", "per_layer", "torch"]

@@ -1,0 +1,130 @@
+"""Sparse bag-of-words inputs: dropout on stored values and a CSR first projection.
+
+Planetoid features are ~1 % non-zero. Dense dropout over a :math:`(N, F)` feature matrix
+draws :math:`NF` random numbers (12 M for CiteSeer) to zero entries that are mostly zero
+already; dropout on the stored values of a CSR matrix has exactly the same distribution
+(a dropped zero stays zero) at ~1 % of the cost.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch_geometric.nn import Linear
+
+
+def is_csr(x: Tensor) -> bool:
+    return x.layout == torch.sparse_csr
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> Tensor:
+    r"""Boolean mask, each entry true with probability :math:`1 - p'`,
+    :math:`p' = \mathrm{round}(2^{16} p) / 2^{16}` (:math:`|p' - p| \le 8 \cdot 10^{-6}`).
+
+    Draws 16 random bits per entry, four entries per 64-bit random number: ~4× fewer
+    generator calls than ``rand``/``bernoulli_`` (which dominate dropout on the CPU).
+    """
+    n = math.prod(shape)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
+    bits = bits.random_(-(2**63), 2**63 - 1).view(torch.int16)[:n].view(shape)
+    return bits >= round(p * 65536) - 32768
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    r"""Inverted dropout, :math:`x_k m_k / (1 - p')` with :math:`m_k \sim
+    \mathrm{Bernoulli}(1 - p')` (see :func:`keep_mask`), unbiased: :math:`E = x`.
+    On a CSR tensor only the stored values are dropped (a dropped zero stays zero).
+
+    Returns ``x`` itself when not training or :math:`p = 0`.
+    """
+    if not training or p == 0.0:
+        return x
+    if is_csr(x):
+        values = dropout(x.values(), p, training)
+        return torch.sparse_csr_tensor(
+            x.crow_indices(), x.col_indices(), values, x.shape, check_invariants=False
+        )
+    drop = round(p * 65536)
+    if drop >= 65536:
+        return x * 0.0
+    return x * keep_mask(x.shape, p, x.device) * (65536 / (65536 - drop))
+
+
+class _Transpose:
+    """CSR structure of :math:`X^\\top` and the permutation of :math:`X`'s stored values."""
+
+    def __init__(self, x: Tensor) -> None:
+        n_rows, n_cols = x.shape
+        crow, col = x.crow_indices(), x.col_indices()
+        row = torch.repeat_interleave(torch.arange(n_rows, device=x.device), crow.diff())
+        self.perm = torch.argsort(col * n_rows + row)
+        self.col = row[self.perm]
+        counts = torch.bincount(col, minlength=n_cols)
+        self.crow = torch.zeros(n_cols + 1, dtype=crow.dtype, device=x.device)
+        self.crow[1:] = counts.cumsum(0)
+        self.shape = (n_cols, n_rows)
+
+    def __call__(self, values: Tensor) -> Tensor:
+        return torch.sparse_csr_tensor(
+            self.crow, self.col, values[self.perm], self.shape, check_invariants=False
+        )
+
+
+_TRANSPOSES: dict[tuple[Any, ...], _Transpose] = {}
+
+
+def _transpose_of(x: Tensor) -> _Transpose:
+    key = (x.crow_indices().data_ptr(), x.col_indices().data_ptr(), tuple(x.shape), x.device)
+    if key not in _TRANSPOSES:
+        if len(_TRANSPOSES) > 8:
+            _TRANSPOSES.clear()
+        _TRANSPOSES[key] = _Transpose(x)
+    return _TRANSPOSES[key]
+
+
+class _CSRLinear(torch.autograd.Function):
+    """:math:`Y = XW^\\top` for a constant CSR :math:`X`; the weight gradient
+    :math:`G^\\top X` uses a transposed structure computed once per feature matrix."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x.values(), weight)
+        ctx.transpose = _transpose_of(x)
+        return x @ weight.t()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor]:  # type: ignore[override]
+        values, _ = ctx.saved_tensors
+        x_t = ctx.transpose(values)
+        return None, (x_t @ grad).t()
+
+
+class SparseLinear(Linear):
+    r""":class:`torch_geometric.nn.Linear` that also takes a CSR input,
+    :math:`\mathbf{Y} = \mathbf{X}\mathbf{W}^\top + \mathbf{b}`.
+
+    Same parameters, initialisation and state-dict names as PyG's ``Linear``, so it can
+    stand in for the ``lin`` of ``GCNConv``/``GATConv``/``GATv2Conv``. The features are
+    data: no gradient flows to a CSR input.
+
+    Shapes: :math:`(N, F_{in})` dense or CSR → :math:`(N, F_{out})` dense.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not is_csr(x):
+            return super().forward(x)
+        out = _CSRLinear.apply(x, self.weight)
+        return out if self.bias is None else out + self.bias
+
+
+def sparse_aware(linear: Linear) -> SparseLinear:
+    """A :class:`SparseLinear` holding the same parameters as ``linear``."""
+    new = SparseLinear(
+        linear.in_channels, linear.out_channels, bias=linear.bias is not None,
+        weight_initializer="glorot",
+    )  # fmt: skip
+    new.load_state_dict(linear.state_dict())
+    return new

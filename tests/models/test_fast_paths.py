@@ -1,0 +1,109 @@
+"""The fast paths equal the reference ones: fused GAT layer = PyG's layer, CSR input =
+dense input, and our dropout has dropout's distribution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch_geometric.nn import GATConv, GATv2Conv
+
+from gnn_attn.models import GAT, GCN, MLP
+from gnn_attn.models.gat_conv import FusedGATConv
+from gnn_attn.models.sparse import SparseLinear, dropout
+
+
+def random_graph(n: int = 40, f: int = 30, e: int = 160, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(n, f, generator=g) < 0.1).float() * torch.rand(n, f, generator=g)
+    edge_index = torch.randint(0, n, (2, e), generator=g)
+    edge_index[:, :5] = torch.arange(5).repeat(2, 1)  # a few existing self-loops
+    return x, edge_index
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize(("heads", "concat"), [(1, True), (4, True), (3, False)])
+def test_fused_layer_equals_pyg(version: str, heads: int, concat: bool) -> None:
+    torch.manual_seed(0)
+    x, edge_index = random_graph()
+    ref_cls = GATConv if version == "v1" else GATv2Conv
+    ref = ref_cls(30, 5, heads=heads, concat=concat, dropout=0.6).eval()
+    fused = FusedGATConv(30, 5, heads=heads, concat=concat, dropout=0.6, version=version)
+    fused.load_state_dict(ref.state_dict())  # same names, same shapes
+    fused.eval()
+    x_ref = x.clone().requires_grad_()
+    x_fused = x.clone().requires_grad_()
+    out_ref, (ei_ref, a_ref) = ref(x_ref, edge_index, return_attention_weights=True)
+    out_fused, (ei_fused, a_fused) = fused(x_fused, edge_index, return_attention_weights=True)
+    assert torch.allclose(out_fused, out_ref, atol=1e-5)
+    # same attention per (src, dst) edge, whatever the edge order
+    def by_edge(ei, a):
+        order = torch.argsort(ei[1] * 1000 + ei[0])
+        return ei[:, order], a[order]
+
+    e1, a1 = by_edge(ei_ref, a_ref)
+    e2, a2 = by_edge(ei_fused, a_fused)
+    assert torch.equal(e1, e2) and torch.allclose(a1, a2, atol=1e-6)
+    # gradients of every parameter and of the input
+    weights = torch.randn_like(out_ref)
+    (out_ref * weights).sum().backward()
+    (out_fused * weights).sum().backward()
+    ref_grads = dict(ref.named_parameters())
+    for name, p in fused.named_parameters():
+        assert torch.allclose(p.grad, ref_grads[name].grad, atol=1e-5), name
+    assert torch.allclose(x_fused.grad, x_ref.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: MLP(30, 4, hidden_channels=16),
+        lambda: GCN(30, 4, hidden_channels=16),
+        lambda: GAT(30, 4, heads=4, version="v1"),
+        lambda: GAT(30, 4, heads=4, version="v2"),
+        lambda: GAT(30, 4, heads=4, version="v2", impl="pyg"),
+    ],
+)
+def test_sparse_and_dense_inputs_give_the_same_logits(make) -> None:
+    torch.manual_seed(0)
+    x, edge_index = random_graph()
+    net = make().eval()
+    dense = net(x, edge_index)
+    sparse = net(x.to_sparse_csr(), edge_index)
+    assert torch.allclose(sparse, dense, atol=1e-5)
+
+
+def test_sparse_linear_gradient_equals_dense() -> None:
+    torch.manual_seed(0)
+    x, _ = random_graph()
+    lin = SparseLinear(30, 7)
+    g = torch.randn(40, 7)
+    (lin(x) * g).sum().backward()
+    dense_grad = lin.weight.grad.clone()
+    lin.weight.grad = None
+    (lin(x.to_sparse_csr()) * g).sum().backward()
+    assert torch.allclose(lin.weight.grad, dense_grad, atol=1e-5)
+
+
+def test_dropout_keeps_the_expected_value_and_drops_only_stored_values() -> None:
+    torch.manual_seed(0)
+    x, _ = random_graph(n=200, f=50)
+    csr = x.to_sparse_csr()
+    p, draws = 0.6, 400
+    total = torch.zeros_like(x)
+    for _ in range(draws):
+        out = dropout(csr, p, training=True)
+        assert out.layout == torch.sparse_csr
+        assert torch.equal(out.col_indices(), csr.col_indices())  # same sparsity pattern
+        vals = out.values()
+        kept = vals != 0
+        # kept values are scaled by 1 / (1 - p'), p' = p rounded to 1/65536
+        assert torch.allclose(vals[kept], csr.values()[kept] / (1 - p), rtol=1e-4)
+        total += out.to_dense()
+    mean = total / draws
+    nz = x != 0
+    assert torch.all(mean[~nz] == 0)  # a zero never becomes non-zero
+    # E[dropout(x)] = x: relative error of the mean over all stored values
+    assert abs(mean[nz].sum() / x[nz].sum() - 1) < 0.02
+    kept_share = (dropout(torch.ones(100_000), p, True) != 0).float().mean()
+    assert abs(kept_share - (1 - p)) < 0.01
+    assert torch.equal(dropout(x, p, training=False), x)
