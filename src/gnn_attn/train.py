@@ -101,7 +101,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "test/loss": float(test["test/loss"]),
         "val/acc": float(val["val/acc"]),
         "val/loss": float(val["val/loss"]),
-        "val/acc_best": float(module.val_acc_best.compute()),
+        "val/acc_best": float(module.val_acc_best),
         "best_epoch": selection.best_epoch,
         "epochs": epochs,
         "fit_seconds": round(fit_seconds, 3),

@@ -90,7 +90,7 @@ class EarlyStoppingCheckpoint(Callback):
             if all(improved.values()):
                 self.best_epoch = trainer.current_epoch
                 self.selected = values
-                trainer.save_checkpoint(self.best_model_path)
+                trainer.save_checkpoint(self.best_model_path, weights_only=False)
             for n, v in values.items():
                 if improved[n]:
                     self.best[n] = v
@@ -103,7 +103,7 @@ class EarlyStoppingCheckpoint(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.save_last:
-            trainer.save_checkpoint(self.last_model_path)
+            trainer.save_checkpoint(self.last_model_path, weights_only=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {

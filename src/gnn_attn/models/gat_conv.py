@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn.inits import glorot, zeros
 
-from gnn_attn.models.sparse import SparseLinear, dropout, keep_mask
+from gnn_attn.models.sparse import dropout, keep_mask, project
 
 
 class AttentionGraph:
@@ -177,7 +178,7 @@ class _AttendAggregate(torch.autograd.Function):
 class FusedGATConv(nn.Module):
     r"""Multi-head graph attention (GAT v1 or GATv2), numerically equal to PyG's
     :class:`~torch_geometric.nn.conv.GATConv` / :class:`~torch_geometric.nn.conv.GATv2Conv`
-    (same parameters and names: a state dict loads either way).
+    (the same parameters; PyG's state dict loads into it, see :meth:`load_pyg`).
 
     For target :math:`i`, head :math:`k`, neighbours :math:`j \in \mathcal{N}(i)\cup\{i\}`:
 
@@ -194,9 +195,12 @@ class FusedGATConv(nn.Module):
 
     heads concatenated or averaged, plus a bias. What makes it faster than PyG's layers on
     a fixed graph: the self-loop/sorted structure is built once per ``edge_index``
-    (:class:`AttentionGraph`), CSR feature inputs are projected sparsely
-    (:class:`~gnn_attn.models.sparse.SparseLinear`), softmax maxima are CSR segment
-    reductions, and dropout draws uniform numbers instead of ``bernoulli_``.
+    (:class:`AttentionGraph`); the projection weight is stored as :math:`(F_{in}, HC)`
+    (v2: :math:`[\mathbf{W}_l \Vert \mathbf{W}_r]`, one product for both) and CSR
+    inputs are projected with ``embedding_bag`` (:func:`~gnn_attn.models.sparse.project`);
+    the attention logits are one small matmul with a block-diagonal matrix of
+    :math:`\mathbf{a}`; softmax, dropout and aggregation are one autograd node
+    (:class:`_AttendAggregate`); dropout draws 16 random bits per entry.
 
     Args:
         in_channels, out_channels: :math:`F_{in}`, features per head :math:`C`.
@@ -229,26 +233,60 @@ class FusedGATConv(nn.Module):
         self.concat, self.negative_slope, self.version = concat, negative_slope, version
         self.dropout, self.feat_dropout = dropout, feat_dropout
         hc = heads * out_channels
+        n_proj = 1 if version == "v1" else 2
+        self.weight = nn.Parameter(torch.empty(in_channels, n_proj * hc))
         if version == "v1":
-            self.lin = SparseLinear(in_channels, hc, bias=False, weight_initializer="glorot")
             self.att_src = nn.Parameter(torch.empty(1, heads, out_channels))
             self.att_dst = nn.Parameter(torch.empty(1, heads, out_channels))
+            self.register_parameter("lin_bias", None)
         else:
-            self.lin_l = SparseLinear(in_channels, hc, bias=True, weight_initializer="glorot")
-            self.lin_r = SparseLinear(in_channels, hc, bias=True, weight_initializer="glorot")
             self.att = nn.Parameter(torch.empty(1, heads, out_channels))
+            self.lin_bias = nn.Parameter(torch.empty(2 * hc))
         self.bias = nn.Parameter(torch.empty(hc if concat else out_channels))
         self._graph: tuple[Any, AttentionGraph] | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for name in ("lin", "lin_l", "lin_r"):
-            if hasattr(self, name):
-                getattr(self, name).reset_parameters()
+        """PyG's initialisation: Glorot for each projection and attention vector, PyG
+        ``Linear``'s uniform bias for the v2 projections, zero output bias."""
+        hc = self.heads * self.out_channels
+        for k in range(self.weight.size(1) // hc):
+            glorot(self.weight.data[:, k * hc : (k + 1) * hc])
         for name in ("att_src", "att_dst", "att"):
             if hasattr(self, name):
                 glorot(getattr(self, name))
+        if self.lin_bias is not None:
+            bound = 1.0 / math.sqrt(self.in_channels)
+            nn.init.uniform_(self.lin_bias, -bound, bound)
         zeros(self.bias)
+
+    def load_pyg(self, state: dict[str, Tensor]) -> None:
+        """Load the state dict of PyG's ``GATConv`` (v1) or ``GATv2Conv`` (v2)."""
+        ours = {"bias": state["bias"]}
+        if self.version == "v1":
+            ours.update(
+                weight=state["lin.weight"].t(), att_src=state["att_src"], att_dst=state["att_dst"]
+            )
+        else:
+            ours.update(
+                weight=torch.cat([state["lin_l.weight"].t(), state["lin_r.weight"].t()], 1),
+                lin_bias=torch.cat([state["lin_l.bias"], state["lin_r.bias"]]),
+                att=state["att"],
+            )
+        self.load_state_dict(ours)
+
+    def pyg_grads(self) -> dict[str, Tensor]:
+        """This layer's gradients under PyG's parameter names and shapes."""
+        hc = self.heads * self.out_channels
+        g = {"bias": self.bias.grad}
+        if self.version == "v1":
+            g.update({"lin.weight": self.weight.grad.t(), "att_src": self.att_src.grad,
+                      "att_dst": self.att_dst.grad})  # fmt: skip
+        else:
+            w, b = self.weight.grad, self.lin_bias.grad
+            g.update({"lin_l.weight": w[:, :hc].t(), "lin_r.weight": w[:, hc:].t(),
+                      "lin_l.bias": b[:hc], "lin_r.bias": b[hc:], "att": self.att.grad})  # fmt: skip
+        return g
 
     def graph(self, edge_index: Tensor, num_nodes: int) -> AttentionGraph:
         """The cached :class:`AttentionGraph` of ``edge_index`` (rebuilt if it changes)."""
@@ -257,22 +295,33 @@ class FusedGATConv(nn.Module):
             self._graph = (key, AttentionGraph(edge_index, num_nodes))
         return self._graph[1]
 
+    @staticmethod
+    def _blocks(att: Tensor) -> Tensor:
+        """:math:`(1, H, C)` → block-diagonal :math:`(HC, H)`: ``z @ blocks`` sums each
+        head's :math:`C` features weighted by its attention vector."""
+        return torch.block_diag(*att[0].unsqueeze(-1))
+
+    def scores(self, x: Tensor, g: AttentionGraph) -> tuple[Tensor, Tensor]:
+        """Unnormalised attention :math:`e` :math:`(E', H)` and the projected source
+        features :math:`(N, H, C)`."""
+        n, h, c = x.size(0), self.heads, self.out_channels
+        proj = project(x, self.weight)
+        if self.version == "v1":
+            logits = proj @ torch.cat([self._blocks(self.att_src), self._blocks(self.att_dst)], 1)
+            e = logits[:, :h].index_select(0, g.src) + logits[:, h:].index_select(0, g.dst)
+            return F.leaky_relu(e, self.negative_slope), proj.view(n, h, c)
+        proj = proj + self.lin_bias
+        x_src, x_dst = proj[:, : h * c], proj[:, h * c :]
+        z = x_src.index_select(0, g.src) + x_dst.index_select(0, g.dst)
+        e = F.leaky_relu(z, self.negative_slope) @ self._blocks(self.att)
+        return e, x_src.reshape(n, h, c)
+
     def forward(
         self, x: Tensor, edge_index: Tensor, return_attention_weights: bool | None = None
     ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
         n, h, c = x.size(0), self.heads, self.out_channels
         g = self.graph(edge_index, n)
-        if self.version == "v1":
-            x_src = self.lin(x).view(n, h, c)
-            a_src = (x_src * self.att_src).sum(-1)
-            a_dst = (x_src * self.att_dst).sum(-1)
-            e = a_src.index_select(0, g.src) + a_dst.index_select(0, g.dst)
-            e = F.leaky_relu(e, self.negative_slope)
-        else:
-            x_src = self.lin_l(x).view(n, h, c)
-            x_dst = self.lin_r(x).view(n, h, c)
-            z = x_src.index_select(0, g.src) + x_dst.index_select(0, g.dst)
-            e = (F.leaky_relu(z, self.negative_slope) * self.att).sum(-1)
+        e, x_src = self.scores(x, g)
         x_msg = dropout(x_src, self.feat_dropout, self.training)
         out = _AttendAggregate.apply(e, x_msg, g.layout(h), self.dropout, self.training)
         out = out.reshape(n, h * c) if self.concat else out.mean(dim=1)

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn import Linear
 
@@ -61,16 +62,10 @@ class _Transpose:
         crow, col = x.crow_indices(), x.col_indices()
         row = torch.repeat_interleave(torch.arange(n_rows, device=x.device), crow.diff())
         self.perm = torch.argsort(col * n_rows + row)
-        self.col = row[self.perm]
+        self.col = row[self.perm].contiguous()
         counts = torch.bincount(col, minlength=n_cols)
-        self.crow = torch.zeros(n_cols + 1, dtype=crow.dtype, device=x.device)
-        self.crow[1:] = counts.cumsum(0)
-        self.shape = (n_cols, n_rows)
-
-    def __call__(self, values: Tensor) -> Tensor:
-        return torch.sparse_csr_tensor(
-            self.crow, self.col, values[self.perm], self.shape, check_invariants=False
-        )
+        self.offsets = torch.zeros(n_cols, dtype=crow.dtype, device=x.device)
+        self.offsets[1:] = counts.cumsum(0)[:-1]
 
 
 _TRANSPOSES: dict[tuple[Any, ...], _Transpose] = {}
@@ -85,21 +80,39 @@ def _transpose_of(x: Tensor) -> _Transpose:
     return _TRANSPOSES[key]
 
 
-class _CSRLinear(torch.autograd.Function):
-    """:math:`Y = XW^\\top` for a constant CSR :math:`X`; the weight gradient
-    :math:`G^\\top X` uses a transposed structure computed once per feature matrix."""
+def _bag_matmul(col: Tensor, offsets: Tensor, values: Tensor, dense: Tensor) -> Tensor:
+    """Rows of a CSR matrix times ``dense``: each output row is the value-weighted sum of
+    the ``dense`` rows its stored columns name (``embedding_bag``, ~4× faster on the CPU
+    than the CSR ``mm`` kernel)."""
+    return F.embedding_bag(col, dense, offsets, mode="sum", per_sample_weights=values)
+
+
+class _CSRProject(torch.autograd.Function):
+    """:math:`Y = XW` for a constant CSR :math:`X` :math:`(N, F)` and a dense :math:`W`
+    :math:`(F, P)`; the gradient :math:`X^\\top G` uses a transposed structure computed
+    once per feature matrix. No gradient flows to :math:`X` (it is data)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x.values(), weight)
+        values = x.values()
+        ctx.save_for_backward(values)
         ctx.transpose = _transpose_of(x)
-        return x @ weight.t()
+        crow = x.crow_indices()
+        return _bag_matmul(x.col_indices(), crow[:-1], values, weight)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor]:  # type: ignore[override]
-        values, _ = ctx.saved_tensors
-        x_t = ctx.transpose(values)
-        return None, (x_t @ grad).t()
+        (values,) = ctx.saved_tensors
+        t: _Transpose = ctx.transpose
+        return None, _bag_matmul(t.col, t.offsets, values[t.perm], grad.contiguous())
+
+
+def project(x: Tensor, weight: Tensor) -> Tensor:
+    r""":math:`\mathbf{X}\mathbf{W}` for a dense or CSR :math:`\mathbf{X}` :math:`(N, F)` and
+    :math:`\mathbf{W}` :math:`(F, P)` → :math:`(N, P)`."""
+    if is_csr(x):
+        return _CSRProject.apply(x, weight.contiguous())
+    return x @ weight
 
 
 class SparseLinear(Linear):
@@ -116,7 +129,7 @@ class SparseLinear(Linear):
     def forward(self, x: Tensor) -> Tensor:
         if not is_csr(x):
             return super().forward(x)
-        out = _CSRLinear.apply(x, self.weight)
+        out = project(x, self.weight.t())
         return out if self.bias is None else out + self.bias
 
 
