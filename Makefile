@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 ARGS   ?=
 
-.PHONY: install train test lint format clean
+.PHONY: install train test lint format clean bench
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ train: install
 
 test: install
 	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: install
+	$(BIN)/python -m gnn_attn.bench $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .
