@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 ARGS   ?=
 
-.PHONY: install train test lint format clean bench
+.PHONY: install train test lint format clean bench table paper-table
 
 install: $(STAMP)
 
@@ -27,6 +27,17 @@ test: install
 
 bench: install
 	$(BIN)/python -m gnn_attn.bench $(ARGS)
+
+table: install
+	@test -n "$(SWEEP)" || { echo "Error: pass SWEEP=multirun/<date>/<time>"; exit 2; }
+	$(BIN)/python -m gnn_attn.analysis.aggregate $(SWEEP)
+
+# Runs the whole table (10 seeds), then aggregates the newest sweep dir.
+paper-table: install
+	$(BIN)/python train.py experiment=paper_table $(ARGS); \
+	status=$$?; \
+	$(BIN)/python -m gnn_attn.analysis.aggregate "$$(ls -d multirun/*/* | sort | tail -1)"; \
+	exit $$status
 
 lint: install
 	$(BIN)/ruff check .

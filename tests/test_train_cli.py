@@ -11,17 +11,28 @@ import pytest
 from tests.conftest import ROOT, read_metrics, run_cli, train_overrides
 
 METRIC_KEYS = {
-    "dataset", "model", "seed", "test/acc", "val/acc_best", "best_epoch", "epochs",
-    "fit_seconds", "ms_per_epoch", "num_params",
-}  # fmt: skip
+    "dataset",
+    "model",
+    "seed",
+    "test/acc",
+    "val/acc_best",
+    "best_epoch",
+    "epochs",
+    "fit_seconds",
+    "ms_per_epoch",
+    "num_params",
+}
 
 
 def _repo_state() -> set[str]:
     """Untracked and ignored paths of the checkout (bytecode caches aside)."""
     out = subprocess.run(
         ["git", "status", "--porcelain", "--ignored"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return {line for line in out.splitlines() if "__pycache__" not in line}
 
 
@@ -80,9 +91,10 @@ def test_eval_reproduces_test_accuracy(gat_run, tmp_path: Path) -> None:
 def test_each_backbone_trains_through_the_cli(model: str, tmp_path: Path, cache_dir: Path) -> None:
     proc = run_cli(
         "train.py",
-        *train_overrides(tmp_path, cache_dir, f"model={model}", "data=cora",
-                         "trainer.max_epochs=5", "seed=3"),
-    )  # fmt: skip
+        *train_overrides(
+            tmp_path, cache_dir, f"model={model}", "data=cora", "trainer.max_epochs=5", "seed=3"
+        ),
+    )
     m = read_metrics(tmp_path)
     assert m.keys() >= METRIC_KEYS
     assert (m["model"], m["dataset"], m["seed"], m["epochs"]) == (model, "Cora", 3, 5)
@@ -101,8 +113,12 @@ def test_citeseer_default_run_prints_summary(tmp_path: Path, cache_dir: Path) ->
 
 
 def test_bad_checkpoint_path_is_one_line_error(tmp_path: Path) -> None:
-    proc = run_cli("eval.py", f"ckpt_path={tmp_path / 'nope.ckpt'}",
-                   f"hydra.run.dir={tmp_path / 'ev'}", check=False)  # fmt: skip
+    proc = run_cli(
+        "eval.py",
+        f"ckpt_path={tmp_path / 'nope.ckpt'}",
+        f"hydra.run.dir={tmp_path / 'ev'}",
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("Error: checkpoint not found")
     assert "Traceback" not in proc.stderr
@@ -111,10 +127,14 @@ def test_bad_checkpoint_path_is_one_line_error(tmp_path: Path) -> None:
 def test_pubmed_offline_is_one_line_error(tmp_path: Path) -> None:
     proc = run_cli(
         "train.py",
-        *train_overrides(tmp_path / "out", tmp_path / "cache", "data=pubmed",
-                         f"paths.data_dir={tmp_path / 'data'}"),
+        *train_overrides(
+            tmp_path / "out",
+            tmp_path / "cache",
+            "data=pubmed",
+            f"paths.data_dir={tmp_path / 'data'}",
+        ),
         check=False,
-    )  # fmt: skip
+    )
     if proc.returncode == 0:
         pytest.skip("PubMed could be downloaded here (network access); offline path not testable")
     assert proc.returncode == 2

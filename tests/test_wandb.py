@@ -15,17 +15,21 @@ from tests.conftest import read_metrics, run_cli, train_overrides
 def test_wandb_offline_run_has_metrics_and_config(tmp_path: Path, cache_dir: Path) -> None:
     run_cli(
         "train.py",
-        *train_overrides(tmp_path, cache_dir, "logger=wandb", "model=gcn", "data=cora",
-                         "trainer.max_epochs=5"),
-    )  # fmt: skip
+        *train_overrides(
+            tmp_path, cache_dir, "logger=wandb", "model=gcn", "data=cora", "trainer.max_epochs=5"
+        ),
+    )
     metrics = read_metrics(tmp_path)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
     wandb_cli = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
     proc = subprocess.run(
         [wandb_cli, "leet", "inspect", "--summary", "--json", str(runs[0])],
-        capture_output=True, text=True, env=os.environ, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=os.environ,
+        check=True,
+    )
     summary = json.loads(proc.stdout)
     text = json.dumps(summary)
     assert "test/acc" in text

@@ -22,6 +22,7 @@ benchmark, not a test: it asserts nothing.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import tempfile
@@ -103,11 +104,18 @@ def ours(model: str, dataset: str, epochs: int, seed: int, out_dir: Path) -> dic
     from gnn_attn.train import run
 
     overrides = [
-        f"model={model}", f"data={dataset}", f"seed={seed}", f"paths.output_dir={out_dir}",
-        f"trainer.max_epochs={epochs}", "early_stopping.patience=0", "callbacks=none",
-        "logger=none", "trainer.enable_progress_bar=false", "print_config=false",
+        f"model={model}",
+        f"data={dataset}",
+        f"seed={seed}",
+        f"paths.output_dir={out_dir}",
+        f"trainer.max_epochs={epochs}",
+        "early_stopping.patience=0",
+        "callbacks=none",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "print_config=false",
         "data.module.verbose=false",
-    ]  # fmt: skip
+    ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     metrics = run(cfg)
@@ -158,9 +166,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     graphs = {}
     for name in args.datasets:
-        dm = PlanetoidDataModule(name, data_dir=str(ROOT / "data/planetoid"),
-                                 cache_dir=str(ROOT / ".cache/planetoid"), verbose=False,
-                                 sparse_features=False)  # fmt: skip
+        dm = PlanetoidDataModule(
+            name,
+            data_dir=str(ROOT / "data/planetoid"),
+            cache_dir=str(ROOT / ".cache/planetoid"),
+            verbose=False,
+            sparse_features=False,
+        )
         dm.setup()
         dense = dm.data.to(device)
         csr = dense.clone()
@@ -177,15 +189,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         data = graphs[name].get(kind)
                         out = Path(tmp) / f"{name}-{model}-{rep}"
                         fn = (
-                            (lambda: ours(model, name, args.epochs, seed, out))
+                            functools.partial(ours, model, name, args.epochs, seed, out)
                             if kind == "ours"
-                            else (lambda: plain_loop(model, data, args.epochs, seed))
+                            else functools.partial(plain_loop, model, data, args.epochs, seed)
                         )
                         runs.setdefault((name, model, kind), []).append(with_peak_memory(fn))
                         r = runs[(name, model, kind)][-1]
-                        print(f"rep {rep} {name:8s} {model:5s} {kind:8s} "
-                              f"{r['ms_per_epoch']:8.2f} ms/epoch  acc {r['test_acc']:.3f}",
-                              flush=True)  # fmt: skip
+                        print(
+                            f"rep {rep} {name:8s} {model:5s} {kind:8s} "
+                            f"{r['ms_per_epoch']:8.2f} ms/epoch  acc {r['test_acc']:.3f}",
+                            flush=True,
+                        )
     rows = []
     for name in args.datasets:
         for model in args.models:
@@ -201,26 +215,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row["b_over_c"] = row["pyg_csr_ms"] / row["ours_ms"]
             rows.append(row)
     print_table(rows, args, device)
-    result = {"device": str(device), "torch": torch.__version__, "threads":
-              torch.get_num_threads(), "epochs": args.epochs, "reps": args.reps,
-              "seeds": args.seeds, "rows": rows}  # fmt: skip
+    result = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "epochs": args.epochs,
+        "reps": args.reps,
+        "seeds": args.seeds,
+        "rows": rows,
+    }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
     return result
 
 
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, device: Any) -> None:
-    print(f"\nms/epoch (median of {args.reps}, {args.epochs} epochs, {device}, "
-          f"{torch.get_num_threads()} threads); test acc mean over {args.seeds} seed(s)")  # fmt: skip
-    head = (f"{'dataset':9s}{'model':7s}{'(a) article':>12s}{'(b) pyg csr':>12s}{'(c) ours':>10s}"
-            f"{'a/c':>7s}{'b/c':>7s}{'peak MB a/b/c':>18s}{'acc a/b/c':>21s}")  # fmt: skip
+    print(
+        f"\nms/epoch (median of {args.reps}, {args.epochs} epochs, {device}, "
+        f"{torch.get_num_threads()} threads); test acc mean over {args.seeds} seed(s)"
+    )
+    head = (
+        f"{'dataset':9s}{'model':7s}{'(a) article':>12s}{'(b) pyg csr':>12s}{'(c) ours':>10s}"
+        f"{'a/c':>7s}{'b/c':>7s}{'peak MB a/b/c':>18s}{'acc a/b/c':>21s}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         peak = f"{r['article_peak_mb']:.0f}/{r['pyg_csr_peak_mb']:.0f}/{r['ours_peak_mb']:.0f}"
         acc = f"{r['article_acc']:.3f}/{r['pyg_csr_acc']:.3f}/{r['ours_acc']:.3f}"
-        print(f"{r['dataset']:9s}{r['model']:7s}{r['article_ms']:12.1f}{r['pyg_csr_ms']:12.1f}"
-              f"{r['ours_ms']:10.1f}{r['a_over_c']:7.1f}{r['b_over_c']:7.1f}{peak:>18s}{acc:>21s}")  # fmt: skip
+        print(
+            f"{r['dataset']:9s}{r['model']:7s}{r['article_ms']:12.1f}{r['pyg_csr_ms']:12.1f}"
+            f"{r['ours_ms']:10.1f}{r['a_over_c']:7.1f}{r['b_over_c']:7.1f}{peak:>18s}{acc:>21s}"
+        )
 
 
 if __name__ == "__main__":

@@ -13,9 +13,17 @@ def project_root() -> str:
     return str(here if (here / "conf").is_dir() else Path.cwd())
 
 
+def paper_datasets(data_dir: str) -> str:
+    """``cora,citeseer``, plus ``pubmed`` when its raw files are in ``data_dir``."""
+    pubmed = Path(data_dir) / "PubMed" / "raw" / "ind.pubmed.graph"
+    return "cora,citeseer,pubmed" if pubmed.is_file() else "cora,citeseer"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", project_root)
+    if not OmegaConf.has_resolver("paper_datasets"):
+        OmegaConf.register_new_resolver("paper_datasets", paper_datasets)
     if not OmegaConf.has_resolver("gat_name"):
         OmegaConf.register_new_resolver("gat_name", gat_name)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
@@ -19,6 +20,7 @@ from gnn_attn.callbacks import EarlyStoppingCheckpoint
 from gnn_attn.console import print_config, quiet
 from gnn_attn.errors import UserError
 from gnn_attn.models import count_parameters
+from gnn_attn.sweep import is_multirun, record_failure
 
 
 def _hydra_job() -> tuple[str | None, str | None]:
@@ -27,8 +29,7 @@ def _hydra_job() -> tuple[str | None, str | None]:
         return None, None
     hc = HydraConfig.get()
     name = hc.job.override_dirname or hc.job.name
-    group = hc.sweep.dir if str(hc.mode) == "RunMode.MULTIRUN" else None
-    return name, group
+    return name, (hc.sweep.dir if is_multirun() else None)
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
@@ -132,14 +133,42 @@ def finish_wandb() -> None:
             wandb.finish()
 
 
+def threads_per_job(cfg: DictConfig) -> int | None:
+    """``cfg.threads`` if set; under the joblib launcher, cores // parallel jobs (so that
+    jobs × threads ≤ cores); else None (torch's default)."""
+    if cfg.get("threads"):
+        return int(cfg.threads)
+    if not HydraConfig.initialized():
+        return None
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return None
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.get("n_jobs") or -1
+    n_jobs = cores + 1 + n_jobs if n_jobs < 0 else n_jobs
+    return max(1, cores // max(1, min(n_jobs, cores)))
+
+
 def main(cfg: DictConfig) -> float | None:
-    """Entry point for ``train.py``: user errors become one line on stderr and exit 2."""
+    """Entry point for ``train.py``; returns ``cfg.optimized_metric`` (for sweepers).
+
+    A single run turns a :class:`UserError` into one ``Error:`` line and exit status 2.
+    In a multirun, any failure is recorded in the job's ``error.json`` and the sweep goes
+    on (:class:`gnn_attn.sweep.SweepStatus` makes its exit status say so at the end).
+    """
+    threads = threads_per_job(cfg)
+    if threads:
+        torch.set_num_threads(threads)
     try:
-        return run(cfg)["val/acc_best"]
-    except UserError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"Error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
+        return run(cfg)[cfg.get("optimized_metric") or "val/acc_best"]
+    except Exception as err:
+        if is_multirun() and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            record_failure(cfg.paths.output_dir, err)
+            print(f"Error in job {cfg.paths.output_dir}: {err}", file=sys.stderr)
+            return float("nan")
+        if isinstance(err, UserError) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            print(f"Error: {err}", file=sys.stderr)
+            sys.exit(err.exit_code)
+        raise
     finally:
         finish_wandb()

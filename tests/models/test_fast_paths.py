@@ -35,6 +35,7 @@ def test_fused_layer_equals_pyg(version: str, heads: int, concat: bool) -> None:
     out_ref, (ei_ref, a_ref) = ref(x_ref, edge_index, return_attention_weights=True)
     out_fused, (ei_fused, a_fused) = fused(x_fused, edge_index, return_attention_weights=True)
     assert torch.allclose(out_fused, out_ref, atol=1e-5)
+
     # same attention per (src, dst) edge, whatever the edge order
     def by_edge(ei, a):
         order = torch.argsort(ei[1] * 1000 + ei[0])

@@ -18,6 +18,7 @@ from torch_geometric.utils import degree
 from gnn_attn.errors import UserError
 
 NAMES = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
+_LOADED: dict[tuple[str, str, bool], Data] = {}
 RAW_SUFFIXES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 
 
@@ -163,6 +164,14 @@ class PlanetoidDataModule(L.LightningDataModule):
                 print(self.report())
 
     def _load(self) -> Data:
+        """The graph (a copy from the per-process cache after the first load: a sweep's
+        jobs in one process read the files once)."""
+        key = (str(self.data_dir.resolve()), self.name, self.normalize_features)
+        if key not in _LOADED:
+            _LOADED[key] = self._read()
+        return _LOADED[key].clone()
+
+    def _read(self) -> Data:
         missing = self._missing_raw()
         if missing and not self.download:
             raise UserError(

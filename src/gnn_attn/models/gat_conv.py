@@ -100,9 +100,12 @@ class HeadLayout:
 
     def transpose(self, values: Tensor) -> Tensor:
         return torch.sparse_csr_tensor(
-            self.t_crow, self.t_col, values[self.t_perm], (self.size, self.size),
+            self.t_crow,
+            self.t_col,
+            values[self.t_perm],
+            (self.size, self.size),
             check_invariants=False,
-        )  # fmt: skip
+        )
 
 
 def _offsets(sorted_index: Tensor, size: int) -> Tensor:
@@ -280,12 +283,24 @@ class FusedGATConv(nn.Module):
         hc = self.heads * self.out_channels
         g = {"bias": self.bias.grad}
         if self.version == "v1":
-            g.update({"lin.weight": self.weight.grad.t(), "att_src": self.att_src.grad,
-                      "att_dst": self.att_dst.grad})  # fmt: skip
+            g.update(
+                {
+                    "lin.weight": self.weight.grad.t(),
+                    "att_src": self.att_src.grad,
+                    "att_dst": self.att_dst.grad,
+                }
+            )
         else:
             w, b = self.weight.grad, self.lin_bias.grad
-            g.update({"lin_l.weight": w[:, :hc].t(), "lin_r.weight": w[:, hc:].t(),
-                      "lin_l.bias": b[:hc], "lin_r.bias": b[hc:], "att": self.att.grad})  # fmt: skip
+            g.update(
+                {
+                    "lin_l.weight": w[:, :hc].t(),
+                    "lin_r.weight": w[:, hc:].t(),
+                    "lin_l.bias": b[:hc],
+                    "lin_r.bias": b[hc:],
+                    "att": self.att.grad,
+                }
+            )
         return g
 
     def graph(self, edge_index: Tensor, num_nodes: int) -> AttentionGraph:

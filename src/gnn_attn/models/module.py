@@ -105,7 +105,13 @@ class NodeClassifier(L.LightningModule):
             logger.log_metrics(values, step=self.current_epoch)
 
     def training_step(self, data: Data, batch_idx: int) -> Tensor:
-        return self._step(data, "train")[0]
+        loss = self._step(data, "train")[0]
+        if not torch.isfinite(loss):
+            raise UserError(
+                f"training diverged: train/loss is {float(loss)} at epoch {self.current_epoch}; "
+                "lower model.lr or model.weight_decay"
+            )
+        return loss
 
     def validation_step(self, data: Data, batch_idx: int) -> None:
         self._step(data, "val")

@@ -136,8 +136,10 @@ class SparseLinear(Linear):
 def sparse_aware(linear: Linear) -> SparseLinear:
     """A :class:`SparseLinear` holding the same parameters as ``linear``."""
     new = SparseLinear(
-        linear.in_channels, linear.out_channels, bias=linear.bias is not None,
+        linear.in_channels,
+        linear.out_channels,
+        bias=linear.bias is not None,
         weight_initializer="glorot",
-    )  # fmt: skip
+    )
     new.load_state_dict(linear.state_dict())
     return new

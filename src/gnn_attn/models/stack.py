@@ -108,4 +108,3 @@ def _check_positive(**values: int) -> None:
     for name, v in values.items():
         if v < 1:
             raise UserError(f"model.{name} must be ≥ 1 (got {v})")
-

@@ -1,0 +1,1 @@
+"""Turning runs and sweeps into tables and plots."""

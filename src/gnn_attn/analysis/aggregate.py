@@ -1,0 +1,188 @@
+"""Aggregate a sweep into mean ± std tables and a bar plot.
+
+    python -m gnn_attn.analysis.aggregate multirun/<date>/<time>   (or: make table SWEEP=...)
+
+Jobs are grouped by their overrides minus ``seed``; each group reports ``n`` and
+mean ± std (sample std over seeds) of ``test/acc``, ``val/acc_best``, ``epochs`` and
+``fit_seconds``. Writes ``results.csv``, ``results.md`` (a paper-style table — rows =
+models, columns = datasets, cells ``83.1 ± 0.6`` — when the sweep has that shape, else one
+row per group) and ``results.png`` into the sweep dir, and prints the table. Failed and
+unfinished jobs are counted and listed, never dropped silently; a sweep still running
+aggregates what has finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import sys
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from gnn_attn.sweep import Job, find_jobs
+
+METRICS = ("test/acc", "val/acc_best", "epochs", "fit_seconds")
+MODEL_ORDER = ("mlp", "gcn", "gat", "gatv2")
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, _, value = override.lstrip("+~").partition("=")
+    return key, value
+
+
+def group_key(job: Job) -> tuple[str, ...]:
+    return tuple(o for o in job.overrides if _split(o)[0] != "seed")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
+    """Group the jobs of ``sweep_dir``; write results.{csv,md,png}; return the summary."""
+    sweep = Path(sweep_dir)
+    if not sweep.is_dir():
+        raise SystemExit(f"Error: sweep dir not found: {sweep}; pass multirun/<date>/<time>")
+    jobs = find_jobs(sweep)
+    if not jobs:
+        raise SystemExit(f"Error: no Hydra jobs (*/.hydra/overrides.yaml) under {sweep}")
+    groups: OrderedDict[tuple[str, ...], list[Job]] = OrderedDict()
+    for job in jobs:
+        groups.setdefault(group_key(job), []).append(job)
+    common = set.intersection(*(set(k) for k in groups)) if len(groups) > 1 else set()
+    rows = []
+    for key, members in groups.items():
+        done = [j for j in members if j.status == "ok"]
+        row: dict[str, Any] = {
+            "group": ",".join(o for o in key if o not in common) or ",".join(key) or "(all)",
+            "n": len(done),
+            "failed": sum(j.status == "failed" for j in members),
+            "unfinished": sum(j.status == "unfinished" for j in members),
+        }
+        for o in key:
+            k, v = _split(o)
+            if k in ("model", "data"):
+                row[k] = v
+        for m in METRICS:
+            row[f"{m}_mean"], row[f"{m}_std"] = mean_std([float(j.metrics[m]) for j in done])
+        rows.append(row)
+    problems = [j for j in jobs if j.status != "ok"]
+    _write_csv(sweep / "results.csv", rows)
+    table = markdown(rows)
+    listing = [
+        f"- {j.status}: `{j.path.relative_to(sweep)}` ({' '.join(j.overrides)})"
+        + (f": {j.error.get('error', '')}" if j.error else "")
+        for j in problems
+    ]
+    summary = f"{len(jobs) - len(problems)} of {len(jobs)} jobs finished"
+    text = f"# {sweep}\n\n{table}\n\n{summary}.\n" + (
+        "\n".join(["", *listing]) + "\n" if listing else ""
+    )
+    (sweep / "results.md").write_text(text)
+    plot(rows, sweep / "results.png", title=str(sweep.relative_to(sweep.parent.parent)))
+    print(table)
+    print(f"\n{summary}; wrote {sweep}/results.{{csv,md,png}}")
+    for line in listing:
+        print(line, file=sys.stderr)
+    return {"rows": rows, "jobs": len(jobs), "problems": [str(j.path) for j in problems]}
+
+
+def _cell(row: dict[str, Any]) -> str:
+    mean, std = row["test/acc_mean"], row["test/acc_std"]
+    if math.isnan(mean):
+        return "–"
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """Paper layout (models × datasets) when every group is exactly one model and one
+    dataset; otherwise one row per group."""
+    pairs = [(r.get("model"), r.get("data")) for r in rows]
+    paper = (
+        all(m and d for m, d in pairs)
+        and len(set(pairs)) == len(rows)
+        and all(
+            set(r["group"].split(",")) <= {f"model={r['model']}", f"data={r['data']}"} for r in rows
+        )
+    )
+    if paper:
+        models = sorted({m for m, _ in pairs}, key=lambda m: (_order(m), m))
+        datasets = list(OrderedDict.fromkeys(d for _, d in pairs))
+        by = {(r["model"], r["data"]): r for r in rows}
+        lines = ["| model | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
+        for m in models:
+            cells = [
+                (_cell(by[(m, d)]) + f" (n={by[(m, d)]['n']})") if (m, d) in by else "–"
+                for d in datasets
+            ]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        return "Test accuracy (%), mean ± std over seeds\n\n" + "\n".join(lines)
+    lines = [
+        "| group | n | test/acc (%) | val/acc_best (%) | epochs | fit s | failed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        val = f"{100 * r['val/acc_best_mean']:.1f} ± {100 * r['val/acc_best_std']:.1f}"
+        lines.append(
+            f"| {r['group']} | {r['n']} | {_cell(r)} | {val} | {r['epochs_mean']:.0f} | "
+            f"{r['fit_seconds_mean']:.2f} | {r['failed'] + r['unfinished']} |"
+        )
+    return "\n".join(lines)
+
+
+def _order(model: str | None) -> int:
+    return MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields = list(OrderedDict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Bars of mean test accuracy with ±std error bars, one per group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r["group"] for r in rows]
+    means = [100 * r["test/acc_mean"] for r in rows]
+    stds = [100 * r["test/acc_std"] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4.5))
+    bars = ax.bar(range(len(rows)), means, yerr=stds, capsize=4, color="#4C72B0")
+    for bar, r in zip(bars, rows, strict=True):
+        ax.annotate(
+            f"n={r['n']}",
+            (bar.get_x() + bar.get_width() / 2, 1),
+            ha="center",
+            fontsize=7,
+            color="white",
+        )
+    ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    finite = [m for m in means if not math.isnan(m)]
+    ax.set_ylim(max(0, min(finite, default=0) - 10), 100)
+    ax.set_title(f"Sweep {title}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Aggregate a Hydra sweep directory.")
+    parser.add_argument("sweep_dir")
+    args = parser.parse_args(argv)
+    aggregate(args.sweep_dir)
+
+
+if __name__ == "__main__":
+    main()
