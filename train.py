@@ -1,9 +1,13 @@
 """Train one model (or a sweep with -m): python train.py model=gatv2 data=cora"""
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
 import gnn_attn.train
+from gnn_attn.validate import check_choices
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -12,4 +16,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_choices(sys.argv[1:], Path(__file__).parent / "conf")
     main()

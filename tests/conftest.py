@@ -71,6 +71,7 @@ def train_overrides(out_dir: Path, cache: Path, *extra: str) -> list[str]:
         "trainer=cpu",
         "trainer.enable_progress_bar=false",
         "print_config=false",
+        "callbacks=none",
         *extra,
     ]
 

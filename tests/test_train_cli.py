@@ -46,7 +46,9 @@ def gat_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, set[s
     before = _repo_state()
     run_cli(
         "train.py",
-        *train_overrides(out, cache, "model=gat", "data=cora", "trainer.max_epochs=50"),
+        *train_overrides(
+            out, cache, "model=gat", "data=cora", "trainer.max_epochs=50", "callbacks=default"
+        ),
         cwd=cwd,
     )
     return out, cwd, before, _repo_state()
@@ -142,3 +144,30 @@ def test_pubmed_offline_is_one_line_error(tmp_path: Path) -> None:
     assert last.startswith("Error: PubMed raw files are not in") and "ind.pubmed" in last
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+PICTURES = (
+    "tsne_before.png", "tsne_after.png", "degree_accuracy.png", "attention_entropy.png",
+    "attention_node.png", "degree_histogram.png",
+)  # fmt: skip
+
+
+def test_run_draws_every_picture(gat_run) -> None:
+    out = gat_run[0]
+    for name in PICTURES:
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert len(data) > 10_000, (name, len(data))  # a real figure, not an empty canvas
+    m = read_metrics(out)
+    for key in ("tsne/silhouette_before", "tsne/silhouette_after"):
+        assert -1.0 <= m[key] <= 1.0
+    # trained embeddings separate the classes better than random ones
+    assert m["tsne/silhouette_after"] > m["tsne/silhouette_before"]
+    assert 0 < m["attention/self_share_l1"] < 1
+    rows = (out / "degree_accuracy.csv").read_text().splitlines()
+    assert rows[0].startswith("bucket,low,count,correct,accuracy")
+    assert sum(int(r.split(",")[2]) for r in rows[1:]) == 1000  # every test node counted
+    stats = json.loads((out / "dataset.json").read_text())
+    assert (stats["nodes"], stats["classes"]) == (2708, 7)
+    att = __import__("torch").load(out / "attention.pt")
+    assert len(att["layers"]) == 2 and att["layers"][0]["alpha"].shape[1] == 8

@@ -21,6 +21,7 @@ from gnn_attn.console import print_config, quiet
 from gnn_attn.errors import UserError
 from gnn_attn.models import count_parameters
 from gnn_attn.sweep import is_multirun, record_failure
+from gnn_attn.validate import check_config
 
 
 def _hydra_job() -> tuple[str | None, str | None]:
@@ -66,6 +67,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     Writes ``<paths.output_dir>/metrics.json`` and ``checkpoints/{best,last}.ckpt``.
     """
     quiet()
+    check_config(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("print_config"):
@@ -111,6 +113,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": best,
         "output_dir": str(out_dir),
     }
+    for cb in callbacks:  # numbers the analysis callbacks computed (silhouette, ...)
+        metrics.update(getattr(cb, "summary", None) or {})
     for lg in loggers:
         if isinstance(lg, WandbLogger):
             lg.experiment.summary.update({k: v for k, v in metrics.items() if k != "output_dir"})

@@ -1,0 +1,55 @@
+"""What the picture callbacks share: a safe wrapper, the run's graph, W&B image logging."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import matplotlib
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+from torch_geometric.data import Data
+
+matplotlib.use("Agg")
+
+
+class PictureCallback(Callback):
+    """Base of the analysis callbacks: they write files into ``output_dir``, add numbers
+    to ``summary`` (merged into ``metrics.json`` by the training run), log their PNGs to
+    W&B when a :class:`WandbLogger` is attached, and never break training: an error is
+    reported as one warning and the run goes on.
+    """
+
+    def __init__(self, output_dir: str) -> None:
+        super().__init__()
+        self.output_dir = Path(output_dir)
+        self.summary: dict[str, Any] = {}
+
+    def safely(self, what: str, fn: Callable[[], None]) -> None:
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            fn()
+        except Exception as err:  # a picture must never cost the run
+            warnings.warn(f"{type(self).__name__}: {what} failed ({type(err).__name__}: {err})",
+                          stacklevel=2)  # fmt: skip
+
+    @staticmethod
+    def graph(trainer: L.Trainer, pl_module: L.LightningModule) -> Data:
+        """The full graph on the module's device (the data module's one batch)."""
+        data = trainer.datamodule.data
+        return trainer.datamodule.transfer_batch_to_device(data, pl_module.device, 0)
+
+    def publish(self, trainer: L.Trainer, images: dict[str, Path]) -> None:
+        """Log PNGs as W&B images (key = file stem), if W&B is among the loggers."""
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                for key, path in images.items():
+                    logger.log_image(key=f"pictures/{key}", images=[str(path)])
+
+    @staticmethod
+    def first_run(trainer: L.Trainer) -> bool:
+        """True for ``fit``/``test`` of the training run (not sanity checks)."""
+        return not trainer.sanity_checking

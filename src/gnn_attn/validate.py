@@ -1,0 +1,75 @@
+"""Check a composed config before any work starts: one clear error per problem."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from gnn_attn.errors import UserError
+
+GROUPS = ("data", "model", "trainer", "logger", "callbacks", "experiment", "hparams_search")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise :class:`UserError` for the first impossible setting in ``cfg``."""
+    m = cfg.model
+    for key in ("hidden", "layers", "out_heads"):
+        if key in m:
+            _at_least(f"model.{key}", m[key], 1)
+    if "heads" in m:
+        for h in m.heads if _is_list(m.heads) else [m.heads]:
+            _at_least("model.heads", h, 1)
+    for key in ("dropout", "attn_dropout", "feat_dropout"):
+        if key in m and not (isinstance(m[key], (int, float)) and 0 <= m[key] < 1):
+            raise UserError(f"model.{key} must be in [0, 1) (got {m[key]})")
+    if not (isinstance(m.lr, (int, float)) and m.lr > 0):
+        raise UserError(f"model.lr must be > 0 (got {m.lr})")
+    if not (isinstance(m.weight_decay, (int, float)) and m.weight_decay >= 0):
+        raise UserError(f"model.weight_decay must be ≥ 0 (got {m.weight_decay})")
+    _at_least("trainer.max_epochs", cfg.trainer.max_epochs, 1)
+    _at_least("early_stopping.patience", cfg.early_stopping.patience, 0)
+    if cfg.get("threads") is not None:
+        _at_least("threads", cfg.threads, 1)
+    _check_writable(Path(cfg.paths.output_dir))
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, Iterable) and not isinstance(value, (str, bytes))
+
+
+def _at_least(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{name} must be an integer (got {value!r})")
+    if value < low:
+        raise UserError(f"{name} must be ≥ {low} (got {value})")
+
+
+def _check_writable(path: Path) -> None:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise UserError(f"cannot write the output dir {path}; choose another with "
+                        "hydra.run.dir=<dir> (or paths.log_dir=<dir>)")  # fmt: skip
+
+
+def check_choices(argv: list[str], conf_dir: Path) -> None:
+    """Before Hydra composes: every ``group=choice`` on the command line (sweep lists
+    included) must name a file ``conf/<group>/<choice>.yaml``. Prints one ``Error:`` line
+    and exits 2 otherwise (Hydra's own message is several lines and exits 1)."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key not in GROUPS:
+            continue
+        options = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
+        for choice in value.split(","):
+            if choice and choice not in (*options, "null") and "(" not in choice:
+                print(f"Error: unknown {key} '{choice}'; choose one of {', '.join(options)} "
+                      f"({key}={options[0]})", file=sys.stderr)  # fmt: skip
+                sys.exit(2)

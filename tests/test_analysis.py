@@ -1,0 +1,59 @@
+"""The per-node quantities behind the pictures, on tiny hand-made graphs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gnn_attn.analysis.graph import (
+    attention_entropy,
+    degree_buckets,
+    node_degree,
+    self_attention_share,
+    uniform_entropy,
+)
+
+
+def star() -> torch.Tensor:
+    """Node 0 linked to 1, 2, 3 (both directions), node 4 isolated, a self-loop on 3."""
+    src = torch.tensor([0, 1, 0, 2, 0, 3, 3])
+    dst = torch.tensor([1, 0, 2, 0, 3, 0, 3])
+    return torch.stack([src, dst])
+
+
+def test_degrees_ignore_self_loops() -> None:
+    assert node_degree(star(), 5).tolist() == [3, 1, 1, 1, 0]
+
+
+def test_degree_buckets_and_accuracy() -> None:
+    deg = torch.tensor([0, 1, 1, 1, 2, 5, 9, 3])
+    correct = torch.tensor([True, True, False, False, True, True, False, True])
+    rows = degree_buckets(deg, correct, max_bucket=3)
+    assert [r["bucket"] for r in rows] == ["0", "1", "2", "≥3"]
+    assert [r["count"] for r in rows] == [1, 3, 1, 3]
+    assert [r["correct"] for r in rows] == [1, 1, 1, 2]
+    assert rows[1]["accuracy"] == 1 / 3 and rows[3]["accuracy"] == 2 / 3
+    assert sum(r["count"] for r in rows) == len(deg)
+
+
+def test_uniform_attention_has_uniform_entropy() -> None:
+    # self-loops + star edges; uniform attention over each node's incoming edges
+    ei = torch.tensor([[1, 2, 3, 0, 0, 0, 0, 1, 2, 3, 4], [0, 0, 0, 1, 2, 3, 0, 1, 2, 3, 4]])
+    n = 5
+    counts = torch.bincount(ei[1], minlength=n).float()
+    alpha = (1.0 / counts[ei[1]]).unsqueeze(1).repeat(1, 2)  # 2 heads
+    sums = torch.zeros(n, 2).index_add_(0, ei[1], alpha)
+    assert torch.allclose(sums, torch.ones(n, 2))  # attention per node sums to 1 per head
+    ent = attention_entropy(ei, alpha, n)
+    deg = torch.tensor([3, 1, 1, 1, 0])
+    assert torch.allclose(ent[:, 0], uniform_entropy(deg), atol=1e-6)
+    assert math.isclose(float(uniform_entropy(deg)[0]), math.log(4), rel_tol=1e-6)
+    assert float(ent[4, 1]) == 0.0  # an isolated node attends only to itself
+
+
+def test_peaked_attention_has_zero_entropy_and_self_share() -> None:
+    ei = torch.tensor([[0, 1, 1], [0, 0, 1]])
+    alpha = torch.tensor([[1.0], [0.0], [1.0]])
+    assert torch.allclose(attention_entropy(ei, alpha, 2), torch.zeros(2, 1))
+    assert float(self_attention_share(ei, alpha)) == 1.0
