@@ -66,6 +66,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     Writes ``<paths.output_dir>/metrics.json`` and ``checkpoints/{best,last}.ckpt``.
     """
+    started = time.perf_counter()
     quiet()
     check_config(cfg)
     out_dir = Path(cfg.paths.output_dir)
@@ -86,9 +87,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for lg in loggers:
         lg.log_hyperparams(module.run_config)
 
-    start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
-    fit_seconds = time.perf_counter() - start
+    fit_seconds = module.train_seconds  # the epoch loop: train steps + validation
     epochs = trainer.current_epoch
     if selection.best_epoch < 0:
         raise UserError("training ran no validation epoch; set trainer.max_epochs ≥ 1")
@@ -115,6 +115,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     for cb in callbacks:  # numbers the analysis callbacks computed (silhouette, ...)
         metrics.update(getattr(cb, "summary", None) or {})
+    # everything this job spent outside the epoch loop: setup, selection, test, pictures
+    metrics["run_seconds"] = round(time.perf_counter() - started, 3)
     for lg in loggers:
         if isinstance(lg, WandbLogger):
             lg.experiment.summary.update({k: v for k, v in metrics.items() if k != "output_dir"})

@@ -21,10 +21,10 @@ class AttentionAnalysis(PictureCallback):
     r"""Attention of the best-validation checkpoint (GAT and GATv2; other models: one
     message, nothing else).
 
-    - ``attention_entropy.png``: per layer (rows) and head (columns), the distribution over
-      nodes of the entropy :math:`H_i = -\sum_j \alpha_{ij}\log\alpha_{ij}` next to that of
-      uniform attention :math:`\log(d_i + 1)` (what GCN-style averaging gives). Heads whose
-      histogram sits left of the uniform one focus on few neighbours.
+    - ``attention_entropy.png``: per layer and head, every node's attention entropy
+      :math:`H_i = -\sum_j \alpha_{ij}\log\alpha_{ij}` against the entropy of uniform
+      attention :math:`\log(d_i + 1)` (what GCN-style averaging gives): dots on the
+      diagonal = uniform, below it = attention focused on few neighbours.
     - summary: ``attention/self_share_l<l>`` (mean :math:`\alpha_{ii}` over nodes and
       heads) and ``attention/entropy_ratio_l<l>`` (mean :math:`H_i / \log(d_i+1)` over
       nodes with neighbours; 1 = uniform).
@@ -35,12 +35,13 @@ class AttentionAnalysis(PictureCallback):
 
     Args:
         output_dir: where the files go.
-        node: node to draw; ``null`` = the test node of highest degree.
+        node: node to draw; ``null`` = the test node of highest degree ≤ ``max_degree``.
+        max_degree: largest degree of the default node (larger ones do not draw legibly).
     """
 
-    def __init__(self, output_dir: str, node: int | None = None) -> None:
+    def __init__(self, output_dir: str, node: int | None = None, max_degree: int = 12) -> None:
         super().__init__(output_dir)
-        self.node = node
+        self.node, self.max_degree = node, max_degree
         self._done = False
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -88,9 +89,10 @@ class AttentionAnalysis(PictureCallback):
         heads = max(e.size(1) for e in entropies)
         cols = min(heads, 4)
         rows_per_layer = [-(-e.size(1) // cols) for e in entropies]
-        fig, axes = plt.subplots(sum(rows_per_layer), cols, squeeze=False,
-                                 figsize=(3.2 * cols, 2.4 * sum(rows_per_layer)))  # fmt: skip
-        bins = np.linspace(0, float(uniform.max()) + 0.1, 30)
+        n_rows = sum(rows_per_layer)
+        fig, axes = plt.subplots(n_rows, cols, squeeze=False, figsize=(3.3 * cols, 3.0 * n_rows))
+        top = float(uniform.max()) * 1.05 + 0.05
+        jitter = np.random.default_rng(0).uniform(-0.03, 0.03, size=len(uniform))
         r0 = 0
         for li, ent in enumerate(entropies, start=1):
             for k in range(rows_per_layer[li - 1] * cols):
@@ -98,16 +100,21 @@ class AttentionAnalysis(PictureCallback):
                 if k >= ent.size(1):
                     ax.axis("off")
                     continue
-                ax.hist(uniform.numpy(), bins=bins, alpha=0.45, color="gray", label="uniform")
-                ax.hist(ent[:, k].numpy(), bins=bins, alpha=0.7, color="#C44E52",
-                        label="attention")  # fmt: skip
-                ax.set_title(f"layer {li}, head {k + 1}", fontsize=9)
-                ax.set_xlabel("entropy (nats)", fontsize=8)
-                ax.set_ylabel("nodes", fontsize=8)
+                e = ent[:, k].numpy()
+                ax.scatter(uniform.numpy() + jitter, e, s=2, alpha=0.3, color="#C44E52")
+                ax.plot([0, top], [0, top], ls="--", color="gray", lw=1, label="uniform")
+                nz = uniform.numpy() > 0
+                ratio = float(np.mean(e[nz] / uniform.numpy()[nz]))
+                ax.set_title(f"layer {li}, head {k + 1}: H/log(d+1) = {ratio:.2f}", fontsize=9)
+                ax.set_xlim(-0.1, top)
+                ax.set_ylim(-0.1, top)
+                ax.set_xlabel("uniform attention entropy log(deg+1)", fontsize=7)
+                ax.set_ylabel("attention entropy (nats)", fontsize=7)
                 ax.tick_params(labelsize=7)
             r0 += rows_per_layer[li - 1]
-        axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"Attention entropy per node vs uniform attention log(deg+1) — {title}",
+        axes[0][0].legend(fontsize=7, loc="upper left")
+        fig.suptitle(f"Attention entropy per node against uniform attention — {title}\n"
+                     "one dot per node; below the dashed line = sharper than averaging",
                      fontsize=10)  # fmt: skip
         fig.tight_layout()
         path = self.output_dir / "attention_entropy.png"
@@ -122,8 +129,9 @@ class AttentionAnalysis(PictureCallback):
         a = alpha.mean(dim=1)
         test = data.test_mask.cpu()
         node = self.node
-        if node is None:
-            node = int(torch.where(test, deg, torch.full_like(deg, -1)).argmax())
+        if node is None:  # the highest-degree test node that still draws legibly
+            ok = test & (deg <= self.max_degree)
+            node = int(torch.where(ok, deg, torch.full_like(deg, -1)).argmax())
         incoming = ei[1] == node
         nbrs, weights = ei[0][incoming], a[incoming]
         y = data.y.cpu()
@@ -132,16 +140,22 @@ class AttentionAnalysis(PictureCallback):
         angles = np.linspace(0, 2 * np.pi, m, endpoint=False)
         pos = {int(j): (np.cos(t), np.sin(t)) for j, t in zip(nbrs[others], angles, strict=True)}
         pos[node] = (0.0, 0.0)
-        fig, ax = plt.subplots(figsize=(6.5, 6.5))
+        fig, ax = plt.subplots(figsize=(7.2, 6.5))
         cmap = plt.get_cmap("tab10")
+        ecmap = plt.get_cmap("viridis")
         wmax = float(weights.max())
         for j, w in zip(nbrs.tolist(), weights.tolist(), strict=True):
             if j == node:
                 continue
             (x0, y0), (x1, y1) = pos[j], pos[node]
-            ax.plot([x0, x1], [y0, y1], color="black", lw=0.5 + 6 * w / wmax,
-                    alpha=0.2 + 0.8 * w / wmax)  # fmt: skip
-            ax.annotate(f"{w:.2f}", ((x0 + x1) / 2, (y0 + y1) / 2), fontsize=6, color="#333")
+            ax.plot([x0, x1], [y0, y1], color=ecmap(w / wmax), lw=0.5 + 7 * w / wmax,
+                    alpha=0.35 + 0.65 * w / wmax)  # fmt: skip
+            if m <= 20:
+                ax.annotate(f"{w:.2f}", (0.6 * x0 + 0.4 * x1, 0.6 * y0 + 0.4 * y1),
+                            fontsize=7, color="#222")  # fmt: skip
+        sm = plt.cm.ScalarMappable(cmap=ecmap, norm=plt.Normalize(0, wmax))
+        fig.colorbar(sm, ax=ax, shrink=0.7, label="attention α (uniform would be "
+                     f"{1 / (m + 1):.2f})")  # fmt: skip
         for j, (x, yy) in pos.items():
             ax.scatter([x], [yy], s=260 if j == node else 90, color=cmap(int(y[j]) % 10),
                        edgecolors="black", zorder=3)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +71,16 @@ class NodeClassifier(L.LightningModule):
         self.val_acc_best = 0.0
         # Stored in every checkpoint so that eval.py can rebuild the run.
         self.run_config: dict[str, Any] | None = None
+        self._train_start: float | None = None
+        self.train_seconds = 0.0
+
+    # Wall time of the epoch loop alone (no setup, no pictures drawn at fit start).
+    def on_train_start(self) -> None:
+        self._train_start = time.perf_counter()
+
+    def on_train_end(self) -> None:
+        if self._train_start is not None:
+            self.train_seconds = time.perf_counter() - self._train_start
 
     def forward(self, data: Data) -> Tensor:
         """Logits :math:`(N, C)` for every node."""
