@@ -147,9 +147,13 @@ def test_pubmed_offline_is_one_line_error(tmp_path: Path) -> None:
 
 
 PICTURES = (
-    "tsne_before.png", "tsne_after.png", "degree_accuracy.png", "attention_entropy.png",
-    "attention_node.png", "degree_histogram.png",
-)  # fmt: skip
+    "tsne_before.png",
+    "tsne_after.png",
+    "degree_accuracy.png",
+    "attention_entropy.png",
+    "attention_node.png",
+    "degree_histogram.png",
+)
 
 
 def test_run_draws_every_picture(gat_run) -> None:

@@ -54,8 +54,10 @@ def _check_writable(path: Path) -> None:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not os.access(probe, os.W_OK):
-        raise UserError(f"cannot write the output dir {path}; choose another with "
-                        "hydra.run.dir=<dir> (or paths.log_dir=<dir>)")  # fmt: skip
+        raise UserError(
+            f"cannot write the output dir {path}; choose another with "
+            "hydra.run.dir=<dir> (or paths.log_dir=<dir>)"
+        )
 
 
 def check_choices(argv: list[str], conf_dir: Path) -> None:
@@ -70,6 +72,9 @@ def check_choices(argv: list[str], conf_dir: Path) -> None:
         options = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
         for choice in value.split(","):
             if choice and choice not in (*options, "null") and "(" not in choice:
-                print(f"Error: unknown {key} '{choice}'; choose one of {', '.join(options)} "
-                      f"({key}={options[0]})", file=sys.stderr)  # fmt: skip
+                print(
+                    f"Error: unknown {key} '{choice}'; choose one of {', '.join(options)} "
+                    f"({key}={options[0]})",
+                    file=sys.stderr,
+                )
                 sys.exit(2)

@@ -35,9 +35,14 @@ def degree_buckets(deg: Tensor, correct: Tensor, max_bucket: int) -> list[dict[s
         right = int(correct[in_bucket].sum())
         label = f"≥{low}" if low == max_bucket else str(low)
         rows.append(
-            {"bucket": label, "low": low, "count": count, "correct": right,
-             "accuracy": right / count}
-        )  # fmt: skip
+            {
+                "bucket": label,
+                "low": low,
+                "count": count,
+                "correct": right,
+                "accuracy": right / count,
+            }
+        )
     return rows
 
 

@@ -49,8 +49,11 @@ class AttentionAnalysis(PictureCallback):
             return
         self._done = True
         if not hasattr(pl_module.net, "attention"):
-            warnings.warn(f"attention analysis: {type(pl_module.net).__name__} has no "
-                          "attention weights; skipped", stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"attention analysis: {type(pl_module.net).__name__} has no "
+                "attention weights; skipped",
+                stacklevel=2,
+            )
             return
         self.safely("attention analysis", lambda: self._run(trainer, pl_module))
 
@@ -61,11 +64,15 @@ class AttentionAnalysis(PictureCallback):
         n = data.num_nodes
         deg = node_degree(data.edge_index, n).cpu()
         torch.save(
-            {"layers": [{"edge_index": ei, "alpha": a} for ei, a in layers],
-             "y": data.y.cpu(), "train_mask": data.train_mask.cpu(),
-             "val_mask": data.val_mask.cpu(), "test_mask": data.test_mask.cpu()},
+            {
+                "layers": [{"edge_index": ei, "alpha": a} for ei, a in layers],
+                "y": data.y.cpu(),
+                "train_mask": data.train_mask.cpu(),
+                "val_mask": data.val_mask.cpu(),
+                "test_mask": data.test_mask.cpu(),
+            },
             self.output_dir / "attention.pt",
-        )  # fmt: skip
+        )
         uniform = uniform_entropy(deg)
         has_nbrs = deg > 0
         entropies = []
@@ -113,9 +120,11 @@ class AttentionAnalysis(PictureCallback):
                 ax.tick_params(labelsize=7)
             r0 += rows_per_layer[li - 1]
         axes[0][0].legend(fontsize=7, loc="upper left")
-        fig.suptitle(f"Attention entropy per node against uniform attention — {title}\n"
-                     "one dot per node; below the dashed line = sharper than averaging",
-                     fontsize=10)  # fmt: skip
+        fig.suptitle(
+            f"Attention entropy per node against uniform attention — {title}\n"
+            "one dot per node; below the dashed line = sharper than averaging",
+            fontsize=10,
+        )
         fig.tight_layout()
         path = self.output_dir / "attention_entropy.png"
         fig.savefig(path, dpi=100)
@@ -148,23 +157,39 @@ class AttentionAnalysis(PictureCallback):
             if j == node:
                 continue
             (x0, y0), (x1, y1) = pos[j], pos[node]
-            ax.plot([x0, x1], [y0, y1], color=ecmap(w / wmax), lw=0.5 + 7 * w / wmax,
-                    alpha=0.35 + 0.65 * w / wmax)  # fmt: skip
+            ax.plot(
+                [x0, x1],
+                [y0, y1],
+                color=ecmap(w / wmax),
+                lw=0.5 + 7 * w / wmax,
+                alpha=0.35 + 0.65 * w / wmax,
+            )
             if m <= 20:
-                ax.annotate(f"{w:.2f}", (0.6 * x0 + 0.4 * x1, 0.6 * y0 + 0.4 * y1),
-                            fontsize=7, color="#222")  # fmt: skip
+                ax.annotate(
+                    f"{w:.2f}", (0.6 * x0 + 0.4 * x1, 0.6 * y0 + 0.4 * y1), fontsize=7, color="#222"
+                )
         sm = plt.cm.ScalarMappable(cmap=ecmap, norm=plt.Normalize(0, wmax))
-        fig.colorbar(sm, ax=ax, shrink=0.7, label="attention α (uniform would be "
-                     f"{1 / (m + 1):.2f})")  # fmt: skip
+        fig.colorbar(
+            sm, ax=ax, shrink=0.7, label=f"attention α (uniform would be {1 / (m + 1):.2f})"
+        )
         for j, (x, yy) in pos.items():
-            ax.scatter([x], [yy], s=260 if j == node else 90, color=cmap(int(y[j]) % 10),
-                       edgecolors="black", zorder=3)  # fmt: skip
+            ax.scatter(
+                [x],
+                [yy],
+                s=260 if j == node else 90,
+                color=cmap(int(y[j]) % 10),
+                edgecolors="black",
+                zorder=3,
+            )
         self_w = float(weights[~others].sum()) if (~others).any() else 0.0
         for c in sorted({int(y[j]) for j in pos}):
             ax.scatter([], [], color=cmap(c % 10), label=f"class {c}")
         ax.legend(fontsize=8, loc="upper right", title="node class")
-        ax.set_title(f"Attention into node {node} (degree {int(deg[node])}, layer 1, mean of "
-                     f"heads; self {self_w:.2f})\n{title}", fontsize=10)  # fmt: skip
+        ax.set_title(
+            f"Attention into node {node} (degree {int(deg[node])}, layer 1, mean of "
+            f"heads; self {self_w:.2f})\n{title}",
+            fontsize=10,
+        )
         ax.set_xlabel("edge width and opacity ∝ attention α")
         ax.set_xticks([])
         ax.set_yticks([])

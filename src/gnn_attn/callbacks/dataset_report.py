@@ -29,8 +29,10 @@ class DatasetReport(PictureCallback):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         ax.bar(np.arange(len(counts)), counts, width=1.0, color="#4C72B0")
         ax.set_yscale("log")
-        ax.set_title(f"Degree distribution of {dm.name}: {dm.stats['nodes']} nodes, "
-                     f"mean degree {dm.stats['mean_degree']}, {dm.stats['isolated']} isolated")  # fmt: skip
+        ax.set_title(
+            f"Degree distribution of {dm.name}: {dm.stats['nodes']} nodes, "
+            f"mean degree {dm.stats['mean_degree']}, {dm.stats['isolated']} isolated"
+        )
         ax.set_xlabel("node degree (neighbours)")
         ax.set_ylabel("number of nodes (log scale)")
         fig.tight_layout()

@@ -46,8 +46,7 @@ class DegreeAccuracy(PictureCallback):
         correct = (pred[mask] == data.y[mask]).cpu()
         rows = degree_buckets(deg, correct, self.max_bucket)
         with (self.output_dir / "degree_accuracy.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["bucket", "low", "count", "correct",
-                                                   "accuracy"])  # fmt: skip
+            writer = csv.DictWriter(f, fieldnames=["bucket", "low", "count", "correct", "accuracy"])
             writer.writeheader()
             writer.writerows(rows)
         low = deg <= 2
@@ -56,11 +55,17 @@ class DegreeAccuracy(PictureCallback):
                 self.summary[key] = round(float(correct[sel].float().mean()), 4)
         overall = float(correct.float().mean())
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        bars = ax.bar([r["bucket"] for r in rows], [100 * r["accuracy"] for r in rows],
-                      color="#55A868")  # fmt: skip
+        bars = ax.bar(
+            [r["bucket"] for r in rows], [100 * r["accuracy"] for r in rows], color="#55A868"
+        )
         for bar, r in zip(bars, rows, strict=True):
-            ax.annotate(f"n={r['count']}", (bar.get_x() + bar.get_width() / 2,
-                        bar.get_height()), ha="center", va="bottom", fontsize=8)  # fmt: skip
+            ax.annotate(
+                f"n={r['count']}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
         ax.axhline(100 * overall, ls="--", color="gray", label=f"all test nodes {overall:.1%}")
         name = getattr(trainer.datamodule, "name", "graph")
         ax.set_title(f"Test accuracy by node degree — {type(pl_module.net).__name__} on {name}")
@@ -75,5 +80,8 @@ class DegreeAccuracy(PictureCallback):
         self.publish(trainer, {"degree_accuracy": path})
         for logger in trainer.loggers:
             if hasattr(logger, "log_table"):
-                logger.log_table(key="pictures/degree_accuracy_table",
-                                 columns=list(rows[0]), data=[list(r.values()) for r in rows])  # fmt: skip
+                logger.log_table(
+                    key="pictures/degree_accuracy_table",
+                    columns=list(rows[0]),
+                    data=[list(r.values()) for r in rows],
+                )

@@ -33,8 +33,9 @@ class PictureCallback(Callback):
             self.output_dir.mkdir(parents=True, exist_ok=True)
             fn()
         except Exception as err:  # a picture must never cost the run
-            warnings.warn(f"{type(self).__name__}: {what} failed ({type(err).__name__}: {err})",
-                          stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"{type(self).__name__}: {what} failed ({type(err).__name__}: {err})", stacklevel=2
+            )
 
     @staticmethod
     def graph(trainer: L.Trainer, pl_module: L.LightningModule) -> Data:

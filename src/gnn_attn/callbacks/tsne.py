@@ -17,9 +17,14 @@ from gnn_attn.callbacks.pictures import PictureCallback
 def tsne_2d(x: np.ndarray, seed: int = 0, max_iter: int = 500) -> np.ndarray:
     """2-D t-SNE (scikit-learn, Barnes–Hut, PCA initialisation), :math:`(N, D) → (N, 2)`."""
     return TSNE(
-        n_components=2, init="pca", learning_rate="auto", perplexity=30.0, max_iter=max_iter,
-        random_state=seed, n_jobs=-1,
-    ).fit_transform(x)  # fmt: skip
+        n_components=2,
+        init="pca",
+        learning_rate="auto",
+        perplexity=30.0,
+        max_iter=max_iter,
+        random_state=seed,
+        n_jobs=-1,
+    ).fit_transform(x)
 
 
 class TSNEPlot(PictureCallback):
@@ -80,8 +85,10 @@ class TSNEPlot(PictureCallback):
         name = getattr(trainer.datamodule, "name", "graph")
         model = type(pl_module.net).__name__
         stage = "random weights" if when == "before" else "best-validation checkpoint"
-        ax.set_title(f"t-SNE of {model} embeddings on {name}, {stage}\n"
-                     f"silhouette (classes) = {score:.3f}; dots = test nodes")  # fmt: skip
+        ax.set_title(
+            f"t-SNE of {model} embeddings on {name}, {stage}\n"
+            f"silhouette (classes) = {score:.3f}; dots = test nodes"
+        )
         ax.set_xlabel("t-SNE 1")
         ax.set_ylabel("t-SNE 2")
         ax.legend(markerscale=2, fontsize=8, loc="best", title="class")
