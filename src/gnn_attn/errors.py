@@ -11,3 +11,7 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; ``metrics.json`` records the failure."""

@@ -45,6 +45,9 @@ class Job:
     status: str = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.metrics and self.metrics.get("status") == "failed":
+            self.error = self.error or {"error": self.metrics.get("error", "failed")}
+            self.metrics = None
         self.status = "ok" if self.metrics else "failed" if self.error else "unfinished"
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +15,13 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gnn_attn.callbacks import EarlyStoppingCheckpoint
+from gnn_attn.callbacks.signals import StopOnSignal
 from gnn_attn.console import print_config, quiet
-from gnn_attn.errors import UserError
+from gnn_attn.errors import TrainingDiverged, UserError
 from gnn_attn.models import count_parameters
 from gnn_attn.sweep import is_multirun, record_failure
 from gnn_attn.validate import check_config
@@ -34,24 +37,70 @@ def _hydra_job() -> tuple[str | None, str | None]:
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
+    """The configured loggers. W&B is started here: if it fails for any reason, one
+    warning, and the run goes on with the CSV logger instead."""
     name, group = _hydra_job()
     loggers: list[Logger] = []
     for key, lg_cfg in (cfg.get("logger") or {}).items():
-        if key == "wandb":
-            with open_dict(lg_cfg):
-                lg_cfg.name = lg_cfg.name or name
-                lg_cfg.group = lg_cfg.group or group
-        loggers.append(instantiate(lg_cfg))
+        if key != "wandb":
+            loggers.append(instantiate(lg_cfg))
+            continue
+        with open_dict(lg_cfg):
+            lg_cfg.name = lg_cfg.name or name
+            lg_cfg.group = lg_cfg.group or group
+        try:
+            wandb_logger = instantiate(lg_cfg)
+            _ = wandb_logger.experiment  # starts the run now, not mid-training
+            loggers.append(wandb_logger)
+        except Exception as err:
+            warnings.warn(f"W&B could not start ({type(err).__name__}: {err}); logging to "
+                          f"CSV in {cfg.paths.output_dir}/csv instead", stacklevel=2)  # fmt: skip
+            if not any(isinstance(lg, CSVLogger) for lg in loggers):
+                loggers.append(CSVLogger(cfg.paths.output_dir, name="csv", version=""))
     return loggers
 
 
 def build_callbacks(cfg: DictConfig) -> tuple[EarlyStoppingCheckpoint, list[L.Callback]]:
     selection = instantiate(cfg.early_stopping)
-    callbacks = [selection]
+    callbacks = [selection, StopOnSignal()]
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if cfg.trainer.get("enable_progress_bar", True) and cfg.get("progress_bar"):
         callbacks.append(instantiate(cfg.progress_bar))
     return selection, callbacks
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM during training: ``last.ckpt`` is saved; exit 128 + signal."""
+
+    def __init__(self, signum: int, last: str) -> None:
+        self.signum, self.last = signum, last
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+def check_resume(cfg: DictConfig) -> str | None:
+    """``cfg.ckpt_path`` if set, after checking it exists and belongs to this model and
+    dataset (a checkpoint written by train.py stores its config)."""
+    path = cfg.get("ckpt_path")
+    if not path:
+        return None
+    from gnn_attn.evaluate import load_run_config
+
+    stored = load_run_config(Path(path).expanduser().resolve())
+    for key in ("model", "data"):
+        if stored[key]["name"] != cfg[key]["name"]:
+            raise UserError(
+                f"ckpt_path {path} is a {stored[key]['name']} checkpoint but {key}="
+                f"{cfg[key]['name']}; pass {key}={stored[key]['name']} or another checkpoint"
+            )
+    return str(Path(path).expanduser().resolve())
+
+
+def resume_command(last: str) -> str:
+    """The command that resumes this run from ``last``."""
+    overrides = []
+    if HydraConfig.initialized():
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
+    return " ".join(["python train.py", *overrides, f"ckpt_path={last}"])
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -87,7 +136,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for lg in loggers:
         lg.log_hyperparams(module.run_config)
 
-    trainer.fit(module, datamodule=datamodule)
+    stop = next(cb for cb in callbacks if isinstance(cb, StopOnSignal))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=check_resume(cfg))
+    if stop.received is not None:
+        raise Interrupted(stop.received, selection.last_model_path)
     fit_seconds = module.train_seconds  # the epoch loop: train steps + validation
     epochs = trainer.current_epoch
     if selection.best_epoch < 0:
@@ -167,7 +219,14 @@ def main(cfg: DictConfig) -> float | None:
         torch.set_num_threads(threads)
     try:
         return run(cfg)[cfg.get("optimized_metric") or "val/acc_best"]
+    except Interrupted as stop:
+        print(f"Interrupted: last.ckpt saved. Resume with:\n  {resume_command(stop.last)}",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(128 + stop.signum)
     except Exception as err:
+        if isinstance(err, TrainingDiverged):
+            write_json(Path(cfg.paths.output_dir) / "metrics.json",
+                       {"status": "failed", "error": str(err)})  # fmt: skip
         if is_multirun() and os.environ.get("HYDRA_FULL_ERROR") != "1":
             record_failure(cfg.paths.output_dir, err)
             print(f"Error in job {cfg.paths.output_dir}: {err}", file=sys.stderr)

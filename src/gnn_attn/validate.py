@@ -60,21 +60,54 @@ def _check_writable(path: Path) -> None:
         )
 
 
+def _model_keys(conf_dir: Path, choice: str) -> set[str]:
+    """Top-level keys of ``conf/model/<choice>.yaml`` and the model files it extends."""
+    import yaml
+
+    path = conf_dir / "model" / f"{choice}.yaml"
+    if not path.is_file():
+        return set()
+    node = yaml.safe_load(path.read_text()) or {}
+    keys = {k for k in node if k != "defaults"}
+    for parent in node.get("defaults", []):
+        if isinstance(parent, str) and parent != "_self_":
+            keys |= _model_keys(conf_dir, parent)
+    return keys
+
+
 def check_choices(argv: list[str], conf_dir: Path) -> None:
     """Before Hydra composes: every ``group=choice`` on the command line (sweep lists
     included) must name a file ``conf/<group>/<choice>.yaml``. Prints one ``Error:`` line
     and exits 2 otherwise (Hydra's own message is several lines and exits 1)."""
+    models = ["gatv2"]
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if key.lstrip("+~") == "model" and sep:
+            models = value.split(",")
+    if any(a.startswith(("experiment=", "hparams_search=")) for a in argv):
+        models = []  # those configs pick the model themselves
     for arg in argv:
         key, sep, value = arg.partition("=")
         key = key.lstrip("+~")
+        if key.startswith("model.") and sep and not arg.startswith("+"):
+            name = key.split(".")[1]
+            for m in models:
+                allowed = _model_keys(conf_dir, m)
+                if allowed and name not in allowed:
+                    _fail(f"model.{name} does not apply to model={m} (it has "
+                          f"{', '.join(sorted(k for k in allowed if k != 'module'))}); "
+                          f"drop it or pick a model that has it")  # fmt: skip
         if not sep or key not in GROUPS:
             continue
         options = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
         for choice in value.split(","):
             if choice and choice not in (*options, "null") and "(" not in choice:
-                print(
-                    f"Error: unknown {key} '{choice}'; choose one of {', '.join(options)} "
-                    f"({key}={options[0]})",
-                    file=sys.stderr,
+                _fail(
+                    f"unknown {key} '{choice}'; choose one of {', '.join(options)} "
+                    f"({key}={options[0]})"
                 )
-                sys.exit(2)
+
+
+def _fail(message: str) -> None:
+    print(f"Error: {message}", file=sys.stderr)
+    sys.exit(2)

@@ -66,6 +66,7 @@ class EarlyStoppingCheckpoint(Callback):
         self.selected: dict[str, float] = {}
         self.stopped_epoch: int | None = None
         self._snapshot: dict[str, Any] | None = None
+        self._dumping = False
 
     @property
     def best_model_path(self) -> str:
@@ -106,10 +107,15 @@ class EarlyStoppingCheckpoint(Callback):
                 self.stopped_epoch = trainer.current_epoch
                 trainer.should_stop = True
 
-    @staticmethod
-    def _dump(trainer: L.Trainer) -> dict[str, Any]:
-        # What Trainer.save_checkpoint writes, copied so later steps do not change it.
-        return copy.deepcopy(trainer._checkpoint_connector.dump_checkpoint(weights_only=False))
+    def _dump(self, trainer: L.Trainer) -> dict[str, Any]:
+        # What Trainer.save_checkpoint writes, copied so later steps do not change it
+        # (without the previous snapshot inside: see state_dict).
+        self._dumping = True
+        try:
+            ckpt = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+            return copy.deepcopy(ckpt)
+        finally:
+            self._dumping = False
 
     def _write(self, trainer: L.Trainer) -> None:
         if self._snapshot is not None:
@@ -127,15 +133,21 @@ class EarlyStoppingCheckpoint(Callback):
             self._write(trainer)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """Selection state; ``last.ckpt`` also carries the best snapshot, so a resumed run
+        selects exactly as an unbroken one would."""
+        state = {
             "best": self.best,
             "wait": self.wait,
             "best_epoch": self.best_epoch,
             "selected": self.selected,
         }
+        if not self._dumping:
+            state["snapshot"] = self._snapshot
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = dict(state_dict["best"])
         self.wait = state_dict["wait"]
         self.best_epoch = state_dict["best_epoch"]
         self.selected = dict(state_dict["selected"])
+        self._snapshot = state_dict.get("snapshot")

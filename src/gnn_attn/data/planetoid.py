@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import urllib.error
 from pathlib import Path
@@ -171,7 +172,25 @@ class PlanetoidDataModule(L.LightningDataModule):
             _LOADED[key] = self._read()
         return _LOADED[key].clone()
 
+    def _verify_checksums(self) -> None:
+        """Compare the raw files with ``<data_dir>/SHA256SUMS`` (shipped with Cora and
+        CiteSeer), so that a truncated or edited file is named instead of misread."""
+        sums = self.data_dir / "SHA256SUMS"
+        if not sums.is_file():
+            return
+        for line in sums.read_text().splitlines():
+            digest, _, rel = line.strip().partition("  ")
+            path = self.data_dir / rel
+            if not rel.startswith(f"{self.name}/") or not path.is_file():
+                continue
+            if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                raise UserError(
+                    f"{path} does not match its sha256 in {sums} (truncated or modified); "
+                    f"restore it: git checkout -- {path}"
+                )
+
     def _read(self) -> Data:
+        self._verify_checksums()
         missing = self._missing_raw()
         if missing and not self.download:
             raise UserError(

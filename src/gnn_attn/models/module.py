@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Data
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from gnn_attn.errors import UserError
+from gnn_attn.errors import TrainingDiverged, UserError
 
 DECAY_SCOPES = ("all", "weights", "first_layer")
 
@@ -118,9 +120,9 @@ class NodeClassifier(L.LightningModule):
     def training_step(self, data: Data, batch_idx: int) -> Tensor:
         loss = self._step(data, "train")[0]
         if not torch.isfinite(loss):
-            raise UserError(
+            raise TrainingDiverged(
                 f"training diverged: train/loss is {float(loss)} at epoch {self.current_epoch}; "
-                "lower model.lr or model.weight_decay"
+                "the learning rate is likely too high: lower model.lr"
             )
         return loss
 
@@ -155,8 +157,30 @@ class NodeClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["val_acc_best"] = self.val_acc_best
+        # RNG states, so that a resumed run draws the same dropout masks as an unbroken one
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": _numpy_state(),
+            "python": random.getstate(),
+        }
         if self.run_config is not None:
             checkpoint["gnn_attn_config"] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.val_acc_best = checkpoint.get("val_acc_best", 0.0)
+        rng = checkpoint.get("rng_states")
+        if rng and self._trainer is not None and self.trainer.state.fn == "fit":
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            name, keys, pos, has_gauss, cached = rng["numpy"]
+            np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
+            random.setstate(rng["python"])
+
+
+def _numpy_state() -> tuple:
+    """NumPy's global RNG state with its key array as a tensor (loadable with
+    ``torch.load(weights_only=True)``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return (name, torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(cached))

@@ -1,0 +1,150 @@
+"""Bad input, faults, interrupts and reproducibility, met the way a user meets them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gnn_attn.data import PlanetoidDataModule
+from gnn_attn.errors import UserError
+from tests.conftest import ROOT, read_metrics, run_cli, train_overrides
+
+DATA = ROOT / "data" / "planetoid"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=transformer"], "Error: unknown model 'transformer'; choose one of gat, gatv2"),
+        (["data=reddit"], "Error: unknown data 'reddit'; choose one of citeseer, cora"),
+        (["model.heads=0"], "Error: model.heads must be ≥ 1 (got 0)"),
+        (["model.hidden=0"], "Error: model.hidden must be ≥ 1 (got 0)"),
+        (["model.layers=0"], "Error: model.layers must be ≥ 1 (got 0)"),
+        (["model.dropout=1.0"], "Error: model.dropout must be in [0, 1) (got 1.0)"),
+        (["model.lr=0"], "Error: model.lr must be > 0 (got 0)"),
+        (["model.weight_decay=-1"], "Error: model.weight_decay must be ≥ 0 (got -1)"),
+        (["trainer.max_epochs=0"], "Error: trainer.max_epochs must be ≥ 1 (got 0)"),
+        (["early_stopping.patience=-1"], "Error: early_stopping.patience must be ≥ 0"),
+        (["model=gcn", "model.heads=4"], "Error: model.heads does not apply to model=gcn"),
+        (["ckpt_path=/nonexistent/last.ckpt"], "Error: checkpoint not found"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path: Path, overrides, message: str) -> None:
+    out = tmp_path / "out"
+    proc = run_cli("train.py", *train_overrides(out, tmp_path / "c", *overrides), check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith(message), lines
+    assert "Traceback" not in proc.stderr
+    assert not (out / "metrics.json").exists()
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path: Path, cache_dir: Path) -> None:
+    first = tmp_path / "gcn"
+    run_cli("train.py", *train_overrides(first, cache_dir, "model=gcn", "data=cora",
+                                         "trainer.max_epochs=2"))  # fmt: skip
+    proc = run_cli("train.py", *train_overrides(tmp_path / "gat", cache_dir, "model=gat",
+                   "data=cora", f"ckpt_path={first}/checkpoints/last.ckpt"), check=False)  # fmt: skip
+    assert proc.returncode == 2
+    assert "is a gcn checkpoint but model=gat" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_shipped_files_are_checked_against_sha256(tmp_path: Path) -> None:
+    shutil.copytree(DATA / "Cora", tmp_path / "Cora")
+    shutil.copy(DATA / "SHA256SUMS", tmp_path / "SHA256SUMS")
+    target = tmp_path / "Cora" / "raw" / "ind.cora.tx"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte, same size
+    target.write_bytes(bytes(data))
+    dm = PlanetoidDataModule("cora", data_dir=str(tmp_path), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(UserError, match=r"ind\.cora\.tx does not match its sha256"):
+        dm.setup()
+
+
+def test_diverging_training_stops_and_is_recorded(tmp_path: Path, cache_dir: Path) -> None:
+    proc = run_cli("train.py", *train_overrides(tmp_path, cache_dir, "model=mlp", "data=cora",
+                   "model.lr=1e30", "model.dropout=0"), check=False)  # fmt: skip
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: training diverged: train/loss is nan at epoch"), last
+    assert "lower model.lr" in last
+    assert read_metrics(tmp_path)["status"] == "failed"
+
+
+def test_wandb_that_cannot_start_falls_back_to_csv(tmp_path: Path, cache_dir: Path) -> None:
+    proc = run_cli("train.py", *train_overrides(tmp_path, cache_dir, "logger=wandb",
+                   "logger.wandb.mode=no-such-mode", "model=gcn", "data=cora",
+                   "trainer.max_epochs=3"))  # fmt: skip
+    assert "W&B could not start" in proc.stderr
+    assert (tmp_path / "csv" / "metrics.csv").is_file()
+    assert read_metrics(tmp_path)["epochs"] == 3
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_last_checkpoint_and_prints_resume(tmp_path: Path, cache_dir: Path,
+                                                        sig, code) -> None:  # fmt: skip
+    out = tmp_path / "out"
+    args = train_overrides(out, cache_dir, "model=gcn", "data=cora", "callbacks=dataset_report",
+                           "trainer.max_epochs=100000", "early_stopping.patience=0")  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not (out / "dataset.json").exists():  # written when training starts
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert "Resume with:" in stderr and f"ckpt_path={out}/checkpoints/last.ckpt" in stderr
+    assert "Traceback" not in stderr
+    assert not (out / "metrics.json").exists()  # not presented as a finished result
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def _comparable(metrics: dict) -> dict:
+    skip = {"fit_seconds", "ms_per_epoch", "run_seconds", "checkpoint", "output_dir"}
+    return {k: v for k, v in metrics.items() if k not in skip}
+
+
+def test_same_seed_same_numbers(tmp_path: Path, cache_dir: Path) -> None:
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        run_cli("train.py", *train_overrides(run, cache_dir, "model=gat", "data=cora",
+                                             "trainer.max_epochs=12", "seed=5"))  # fmt: skip
+    assert _comparable(read_metrics(runs[0])) == _comparable(read_metrics(runs[1]))
+    _same_weights(*runs)
+
+
+def test_resume_is_exact(tmp_path: Path, cache_dir: Path) -> None:
+    common = ["model=gat", "data=cora", "seed=2", "early_stopping.patience=1000"]
+    whole, first, resumed = tmp_path / "whole", tmp_path / "first", tmp_path / "resumed"
+    run_cli("train.py", *train_overrides(whole, cache_dir, *common, "trainer.max_epochs=16"))
+    run_cli("train.py", *train_overrides(first, cache_dir, *common, "trainer.max_epochs=8"))
+    run_cli("train.py", *train_overrides(resumed, cache_dir, *common, "trainer.max_epochs=16",
+                                         f"ckpt_path={first}/checkpoints/last.ckpt"))  # fmt: skip
+    _same_weights(whole, resumed)
+    a, b = read_metrics(whole), read_metrics(resumed)
+    for key in ("test/acc", "val/acc", "val/acc_best", "best_epoch", "epochs"):
+        assert a[key] == b[key], key
