@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -50,10 +49,21 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, overrides, message: str) -
 
 def test_checkpoint_of_another_model_is_refused(tmp_path: Path, cache_dir: Path) -> None:
     first = tmp_path / "gcn"
-    run_cli("train.py", *train_overrides(first, cache_dir, "model=gcn", "data=cora",
-                                         "trainer.max_epochs=2"))  # fmt: skip
-    proc = run_cli("train.py", *train_overrides(tmp_path / "gat", cache_dir, "model=gat",
-                   "data=cora", f"ckpt_path={first}/checkpoints/last.ckpt"), check=False)  # fmt: skip
+    run_cli(
+        "train.py",
+        *train_overrides(first, cache_dir, "model=gcn", "data=cora", "trainer.max_epochs=2"),
+    )
+    proc = run_cli(
+        "train.py",
+        *train_overrides(
+            tmp_path / "gat",
+            cache_dir,
+            "model=gat",
+            "data=cora",
+            f"ckpt_path={first}/checkpoints/last.ckpt",
+        ),
+        check=False,
+    )
     assert proc.returncode == 2
     assert "is a gcn checkpoint but model=gat" in proc.stderr.strip().splitlines()[-1]
 
@@ -71,8 +81,13 @@ def test_shipped_files_are_checked_against_sha256(tmp_path: Path) -> None:
 
 
 def test_diverging_training_stops_and_is_recorded(tmp_path: Path, cache_dir: Path) -> None:
-    proc = run_cli("train.py", *train_overrides(tmp_path, cache_dir, "model=mlp", "data=cora",
-                   "model.lr=1e30", "model.dropout=0"), check=False)  # fmt: skip
+    proc = run_cli(
+        "train.py",
+        *train_overrides(
+            tmp_path, cache_dir, "model=mlp", "data=cora", "model.lr=1e30", "model.dropout=0"
+        ),
+        check=False,
+    )
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: training diverged: train/loss is nan at epoch"), last
@@ -81,30 +96,53 @@ def test_diverging_training_stops_and_is_recorded(tmp_path: Path, cache_dir: Pat
 
 
 def test_wandb_that_cannot_start_falls_back_to_csv(tmp_path: Path, cache_dir: Path) -> None:
-    proc = run_cli("train.py", *train_overrides(tmp_path, cache_dir, "logger=wandb",
-                   "logger.wandb.mode=no-such-mode", "model=gcn", "data=cora",
-                   "trainer.max_epochs=3"))  # fmt: skip
+    proc = run_cli(
+        "train.py",
+        *train_overrides(
+            tmp_path,
+            cache_dir,
+            "logger=wandb",
+            "logger.wandb.mode=no-such-mode",
+            "model=gcn",
+            "data=cora",
+            "trainer.max_epochs=3",
+        ),
+    )
     assert "W&B could not start" in proc.stderr
     assert (tmp_path / "csv" / "metrics.csv").is_file()
     assert read_metrics(tmp_path)["epochs"] == 3
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_saves_last_checkpoint_and_prints_resume(tmp_path: Path, cache_dir: Path,
-                                                        sig, code) -> None:  # fmt: skip
+def test_signal_saves_last_checkpoint_and_prints_resume(
+    tmp_path: Path, cache_dir: Path, sig, code
+) -> None:
     out = tmp_path / "out"
-    args = train_overrides(out, cache_dir, "model=gcn", "data=cora", "callbacks=dataset_report",
-                           "trainer.max_epochs=100000", "early_stopping.patience=0")  # fmt: skip
+    args = train_overrides(
+        out,
+        cache_dir,
+        "model=gcn",
+        "data=cora",
+        "callbacks=dataset_report",
+        "trainer.max_epochs=100000",
+        "early_stopping.patience=0",
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (out / "dataset.json").exists():  # written when training starts
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.1)
     time.sleep(0.5)
     proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert "Resume with:" in stderr and f"ckpt_path={out}/checkpoints/last.ckpt" in stderr
@@ -131,8 +169,12 @@ def _comparable(metrics: dict) -> dict:
 def test_same_seed_same_numbers(tmp_path: Path, cache_dir: Path) -> None:
     runs = [tmp_path / "a", tmp_path / "b"]
     for run in runs:
-        run_cli("train.py", *train_overrides(run, cache_dir, "model=gat", "data=cora",
-                                             "trainer.max_epochs=12", "seed=5"))  # fmt: skip
+        run_cli(
+            "train.py",
+            *train_overrides(
+                run, cache_dir, "model=gat", "data=cora", "trainer.max_epochs=12", "seed=5"
+            ),
+        )
     assert _comparable(read_metrics(runs[0])) == _comparable(read_metrics(runs[1]))
     _same_weights(*runs)
 
@@ -142,8 +184,16 @@ def test_resume_is_exact(tmp_path: Path, cache_dir: Path) -> None:
     whole, first, resumed = tmp_path / "whole", tmp_path / "first", tmp_path / "resumed"
     run_cli("train.py", *train_overrides(whole, cache_dir, *common, "trainer.max_epochs=16"))
     run_cli("train.py", *train_overrides(first, cache_dir, *common, "trainer.max_epochs=8"))
-    run_cli("train.py", *train_overrides(resumed, cache_dir, *common, "trainer.max_epochs=16",
-                                         f"ckpt_path={first}/checkpoints/last.ckpt"))  # fmt: skip
+    run_cli(
+        "train.py",
+        *train_overrides(
+            resumed,
+            cache_dir,
+            *common,
+            "trainer.max_epochs=16",
+            f"ckpt_path={first}/checkpoints/last.ckpt",
+        ),
+    )
     _same_weights(whole, resumed)
     a, b = read_metrics(whole), read_metrics(resumed)
     for key in ("test/acc", "val/acc", "val/acc_best", "best_epoch", "epochs"):

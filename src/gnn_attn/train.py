@@ -53,8 +53,11 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
             _ = wandb_logger.experiment  # starts the run now, not mid-training
             loggers.append(wandb_logger)
         except Exception as err:
-            warnings.warn(f"W&B could not start ({type(err).__name__}: {err}); logging to "
-                          f"CSV in {cfg.paths.output_dir}/csv instead", stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"W&B could not start ({type(err).__name__}: {err}); logging to "
+                f"CSV in {cfg.paths.output_dir}/csv instead",
+                stacklevel=2,
+            )
             if not any(isinstance(lg, CSVLogger) for lg in loggers):
                 loggers.append(CSVLogger(cfg.paths.output_dir, name="csv", version=""))
     return loggers
@@ -220,13 +223,16 @@ def main(cfg: DictConfig) -> float | None:
     try:
         return run(cfg)[cfg.get("optimized_metric") or "val/acc_best"]
     except Interrupted as stop:
-        print(f"Interrupted: last.ckpt saved. Resume with:\n  {resume_command(stop.last)}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"Interrupted: last.ckpt saved. Resume with:\n  {resume_command(stop.last)}",
+            file=sys.stderr,
+        )
         sys.exit(128 + stop.signum)
     except Exception as err:
         if isinstance(err, TrainingDiverged):
-            write_json(Path(cfg.paths.output_dir) / "metrics.json",
-                       {"status": "failed", "error": str(err)})  # fmt: skip
+            write_json(
+                Path(cfg.paths.output_dir) / "metrics.json", {"status": "failed", "error": str(err)}
+            )
         if is_multirun() and os.environ.get("HYDRA_FULL_ERROR") != "1":
             record_failure(cfg.paths.output_dir, err)
             print(f"Error in job {cfg.paths.output_dir}: {err}", file=sys.stderr)

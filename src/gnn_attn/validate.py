@@ -94,9 +94,11 @@ def check_choices(argv: list[str], conf_dir: Path) -> None:
             for m in models:
                 allowed = _model_keys(conf_dir, m)
                 if allowed and name not in allowed:
-                    _fail(f"model.{name} does not apply to model={m} (it has "
-                          f"{', '.join(sorted(k for k in allowed if k != 'module'))}); "
-                          f"drop it or pick a model that has it")  # fmt: skip
+                    _fail(
+                        f"model.{name} does not apply to model={m} (it has "
+                        f"{', '.join(sorted(k for k in allowed if k != 'module'))}); "
+                        f"drop it or pick a model that has it"
+                    )
         if not sep or key not in GROUPS:
             continue
         options = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))

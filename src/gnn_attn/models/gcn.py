@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch_geometric.nn import GCNConv
 
 from gnn_attn.models.sparse import sparse_aware
-from gnn_attn.models.stack import LayerStack, _check_positive
+from gnn_attn.models.stack import LayerStack
 
 
 class GCN(LayerStack):
@@ -40,10 +40,10 @@ class GCN(LayerStack):
         residual: bool = False,
     ) -> None:
         super().__init__(dropout, activation, residual)
-        _check_positive(hidden=hidden_channels, layers=num_layers)
-        self.dims = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
-        for d_in, d_out in zip(self.dims[:-1], self.dims[1:], strict=True):
-            conv = GCNConv(d_in, d_out, cached=True)
-            conv.lin = sparse_aware(conv.lin)  # same weights; also takes CSR features
-            self.layers.append(conv)
-        self._finish()
+        self._build_uniform(in_channels, out_channels, hidden_channels, num_layers, _gcn_conv)
+
+
+def _gcn_conv(d_in: int, d_out: int) -> GCNConv:
+    conv = GCNConv(d_in, d_out, cached=True)
+    conv.lin = sparse_aware(conv.lin)  # same weights; also takes CSR features
+    return conv

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gnn_attn.models.sparse import SparseLinear
-from gnn_attn.models.stack import LayerStack, _check_positive
+from gnn_attn.models.stack import LayerStack
 
 
 class MLP(LayerStack):
@@ -37,8 +37,4 @@ class MLP(LayerStack):
         residual: bool = False,
     ) -> None:
         super().__init__(dropout, activation, residual)
-        _check_positive(hidden=hidden_channels, layers=num_layers)
-        self.dims = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
-        for d_in, d_out in zip(self.dims[:-1], self.dims[1:], strict=True):
-            self.layers.append(SparseLinear(d_in, d_out))
-        self._finish()
+        self._build_uniform(in_channels, out_channels, hidden_channels, num_layers, SparseLinear)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -69,6 +69,21 @@ class LayerStack(nn.Module):
         self.residual = residual
         self.layers = nn.ModuleList()
         self.dims: list[int] = []
+
+    def _build_uniform(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden_channels: int,
+        num_layers: int,
+        make_layer: Callable[[int, int], nn.Module],
+    ) -> None:
+        """``num_layers`` layers ``make_layer(d_in, d_out)`` of one hidden width."""
+        _check_positive(hidden=hidden_channels, layers=num_layers)
+        self.dims = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
+        for d_in, d_out in zip(self.dims[:-1], self.dims[1:], strict=True):
+            self.layers.append(make_layer(d_in, d_out))
+        self._finish()
 
     def _finish(self) -> None:
         self.res = nn.ModuleList()
