@@ -10,7 +10,9 @@ interleaved (every repetition runs each of them once) and medians reported:
     ``GATv2Conv``);
 (b) ``pyg_csr``: the same loop with the features as CSR (dropout on stored values);
 (c) ``ours``: ``gnn_attn.train.run`` — the real LightningModule and Trainer, fixed epochs,
-    no early stopping, no logger, no pictures.
+    no early stopping, no logger, no pictures;
+(d) ``bare``: our backbone (same config, CSR features) in a bare PyTorch loop, to show
+    what Lightning adds (c/d).
 
 An epoch is one training step plus one validation forward. Test accuracy: (a) and (b)
 at the epoch of best validation accuracy; (c) from ``metrics.json`` (the paper's
@@ -42,6 +44,7 @@ from gnn_attn.console import quiet
 from gnn_attn.data import PlanetoidDataModule
 
 MODELS = ("gcn", "gat", "gatv2")
+KINDS = ("article", "pyg_csr", "ours", "bare")
 DATASETS = ("cora", "citeseer")
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,12 +74,15 @@ class ArticleNet(nn.Module):
         return self.conv2(x, edge_index)
 
 
-def plain_loop(model: str, data: Any, epochs: int, seed: int) -> dict[str, float]:
+def plain_loop(
+    model: str, data: Any, epochs: int, seed: int, net: nn.Module | None = None, opt: Any = None
+) -> dict[str, float]:
     """(a)/(b): the article's loop; returns ms/epoch and test acc at the best val epoch."""
     torch.manual_seed(seed)
-    net = ArticleNet(model, data.x.size(1), int(data.y.max()) + 1).to(data.y.device)
-    lr = 0.01 if model == "gcn" else 0.005
-    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=5e-4)
+    if net is None:
+        net = ArticleNet(model, data.x.size(1), int(data.y.max()) + 1).to(data.y.device)
+        lr = 0.01 if model == "gcn" else 0.005
+        opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=5e-4)
     best_val, test_at_best = -1.0, 0.0
     start = time.perf_counter()
     for _ in range(epochs):
@@ -120,6 +126,21 @@ def ours(model: str, dataset: str, epochs: int, seed: int, out_dir: Path) -> dic
         cfg = compose("train", overrides=overrides)
     metrics = run(cfg)
     return {"ms_per_epoch": metrics["ms_per_epoch"], "test_acc": metrics["test/acc"]}
+
+
+def bare_loop(model: str, dataset: str, data: Any, epochs: int, seed: int) -> dict[str, float]:
+    """(d): the backbone and optimizer ``ours`` builds, in a bare PyTorch loop."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}", f"data={dataset}"])
+    torch.manual_seed(seed)
+    module = instantiate(
+        cfg.model.module, in_channels=data.x.size(1), num_classes=int(data.y.max()) + 1
+    ).to(data.y.device)
+    net, opt = module.net, module.configure_optimizers()
+    return plain_loop(model, data, epochs, seed, net=net, opt=opt)
 
 
 def _sync() -> None:
@@ -185,14 +206,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             seed = rep % args.seeds
             for name in args.datasets:
                 for model in args.models:
-                    for kind in ("article", "pyg_csr", "ours"):
-                        data = graphs[name].get(kind)
+                    for kind in KINDS:
+                        data = graphs[name]["article" if kind == "article" else "pyg_csr"]
                         out = Path(tmp) / f"{name}-{model}-{rep}"
-                        fn = (
-                            functools.partial(ours, model, name, args.epochs, seed, out)
-                            if kind == "ours"
-                            else functools.partial(plain_loop, model, data, args.epochs, seed)
-                        )
+                        if kind == "ours":
+                            fn = functools.partial(ours, model, name, args.epochs, seed, out)
+                        elif kind == "bare":
+                            fn = functools.partial(bare_loop, model, name, data, args.epochs, seed)
+                        else:
+                            fn = functools.partial(plain_loop, model, data, args.epochs, seed)
                         runs.setdefault((name, model, kind), []).append(with_peak_memory(fn))
                         r = runs[(name, model, kind)][-1]
                         print(
@@ -204,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in args.datasets:
         for model in args.models:
             row: dict[str, Any] = {"dataset": name, "model": model}
-            for kind in ("article", "pyg_csr", "ours"):
+            for kind in KINDS:
                 rs = runs[(name, model, kind)]
                 row[f"{kind}_ms"] = statistics.median(r["ms_per_epoch"] for r in rs[: args.reps])
                 row[f"{kind}_peak_mb"] = max(r["peak_mb"] for r in rs)
@@ -213,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 row[f"{kind}_acc_std"] = statistics.stdev(accs) if len(accs) > 1 else 0.0
             row["a_over_c"] = row["article_ms"] / row["ours_ms"]
             row["b_over_c"] = row["pyg_csr_ms"] / row["ours_ms"]
+            row["c_over_d"] = row["ours_ms"] / row["bare_ms"]
             rows.append(row)
     print_table(rows, args, device)
     result = {
@@ -236,7 +259,8 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, device: An
     )
     head = (
         f"{'dataset':9s}{'model':7s}{'(a) article':>12s}{'(b) pyg csr':>12s}{'(c) ours':>10s}"
-        f"{'a/c':>7s}{'b/c':>7s}{'peak MB a/b/c':>18s}{'acc a/b/c':>21s}"
+        f"{'a/c':>7s}{'b/c':>7s}{'(d) bare':>10s}{'c/d':>6s}{'peak MB a/b/c':>16s}"
+        f"{'acc a/b/c':>20s}"
     )
     print(head)
     print("-" * len(head))
@@ -245,7 +269,8 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, device: An
         acc = f"{r['article_acc']:.3f}/{r['pyg_csr_acc']:.3f}/{r['ours_acc']:.3f}"
         print(
             f"{r['dataset']:9s}{r['model']:7s}{r['article_ms']:12.1f}{r['pyg_csr_ms']:12.1f}"
-            f"{r['ours_ms']:10.1f}{r['a_over_c']:7.1f}{r['b_over_c']:7.1f}{peak:>18s}{acc:>21s}"
+            f"{r['ours_ms']:10.1f}{r['a_over_c']:7.1f}{r['b_over_c']:7.1f}{r['bare_ms']:10.1f}"
+            f"{r['c_over_d']:6.2f}{peak:>16s}{acc:>20s}"
         )
 
 
