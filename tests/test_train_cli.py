@@ -101,7 +101,8 @@ def test_each_backbone_trains_through_the_cli(model: str, tmp_path: Path, cache_
     assert m.keys() >= METRIC_KEYS
     assert (m["model"], m["dataset"], m["seed"], m["epochs"]) == (model, "Cora", 3, 5)
     assert 0.0 <= m["test/acc"] <= 1.0 and m["num_params"] > 0
-    assert m["ms_per_epoch"] == pytest.approx(1000 * m["fit_seconds"] / 5, rel=0.01)
+    # ms_per_epoch = fit_seconds / epochs (fit_seconds is rounded to 0.1 ms)
+    assert m["ms_per_epoch"] == pytest.approx(1000 * m["fit_seconds"] / 5, abs=0.011)
     assert f"{model} on Cora (seed 3): test/acc" in proc.stdout
     assert "Traceback" not in proc.stderr
 

@@ -162,7 +162,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "val/acc_best": float(module.val_acc_best),
         "best_epoch": selection.best_epoch,
         "epochs": epochs,
-        "fit_seconds": round(fit_seconds, 3),
+        "fit_seconds": round(fit_seconds, 4),
         "ms_per_epoch": round(1000 * fit_seconds / max(epochs, 1), 3),
         "num_params": count_parameters(module.net),
         "checkpoint": best,
