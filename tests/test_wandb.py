@@ -16,7 +16,13 @@ def test_wandb_offline_run_has_metrics_and_config(tmp_path: Path, cache_dir: Pat
     run_cli(
         "train.py",
         *train_overrides(
-            tmp_path, cache_dir, "logger=wandb", "model=gcn", "data=cora", "trainer.max_epochs=5"
+            tmp_path,
+            cache_dir,
+            "logger=wandb",
+            "model=gat",
+            "data=cora",
+            "trainer.max_epochs=5",
+            "callbacks=default",
         ),
     )
     metrics = read_metrics(tmp_path)
@@ -36,8 +42,13 @@ def test_wandb_offline_run_has_metrics_and_config(tmp_path: Path, cache_dir: Pat
     found = _find(summary, "test/acc")
     assert found is not None and abs(float(found) - metrics["test/acc"]) < 1e-6
     # the resolved config: model and data choices, and the learning rate
-    assert _find(summary, "lr") == 0.01
-    assert '"gcn"' in text and '"cora"' in text
+    assert _find(summary, "lr") == 0.005
+    assert '"gat"' in text and '"cora"' in text
+    # every picture is in the run as a W&B image
+    images = summary["summary"]
+    for key in ("tsne_before", "tsne_after", "degree_accuracy", "attention_entropy",
+                "attention_node", "degree_histogram"):  # fmt: skip
+        assert images[f"pictures/{key}"]["_type"].startswith("images"), key
     # the run is finished, not left running
     assert "running" not in str(summary.get("state", "")).lower()
 
