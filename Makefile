@@ -32,11 +32,13 @@ table: install
 	@test -n "$(SWEEP)" || { echo "Error: pass SWEEP=multirun/<date>/<time>"; exit 2; }
 	$(BIN)/python -m gnn_attn.analysis.aggregate $(SWEEP)
 
-# Runs the whole table (10 seeds), then aggregates the newest sweep dir.
+# Runs the whole table (10 seeds, 2 parallel jobs), then aggregates it.
 paper-table: install
-	$(BIN)/python train.py experiment=paper_table $(ARGS); \
+	@dir=multirun/paper_table/$$(date +%Y-%m-%d_%H-%M-%S); \
+	$(BIN)/python train.py experiment=paper_table hydra/launcher=joblib \
+		hydra.sweep.dir=$$dir $(ARGS); \
 	status=$$?; \
-	$(BIN)/python -m gnn_attn.analysis.aggregate "$$(ls -d multirun/*/* | sort | tail -1)"; \
+	$(BIN)/python -m gnn_attn.analysis.aggregate $$dir; \
 	exit $$status
 
 lint: install
