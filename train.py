@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 import gnn_attn.train
-from gnn_attn.validate import check_choices
+from gnn_attn.validate import check_choices, check_composes
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -16,5 +16,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    check_choices(sys.argv[1:], Path(__file__).parent / "conf")
+    conf = Path(__file__).parent / "conf"
+    check_choices(sys.argv[1:], conf)
+    check_composes(sys.argv[1:], conf)
     main()

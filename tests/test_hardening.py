@@ -35,6 +35,8 @@ DATA = ROOT / "data" / "planetoid"
         (["early_stopping.patience=-1"], "Error: early_stopping.patience must be ≥ 0"),
         (["model=gcn", "model.heads=4"], "Error: model.heads does not apply to model=gcn"),
         (["ckpt_path=/nonexistent/last.ckpt"], "Error: checkpoint not found"),
+        (["trainer.max_epoch=5"], "Error: Could not override 'trainer.max_epoch'"),
+        (["seed=abc"], "Error: seed must be an integer (got 'abc')"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path: Path, overrides, message: str) -> None:

@@ -17,6 +17,8 @@ GROUPS = ("data", "model", "trainer", "logger", "callbacks", "experiment", "hpar
 
 def check_config(cfg: DictConfig) -> None:
     """Raise :class:`UserError` for the first impossible setting in ``cfg``."""
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise UserError(f"seed must be an integer (got {cfg.seed!r})")
     m = cfg.model
     for key in ("hidden", "layers", "out_heads"):
         if key in m:
@@ -108,6 +110,28 @@ def check_choices(argv: list[str], conf_dir: Path) -> None:
                     f"unknown {key} '{choice}'; choose one of {', '.join(options)} "
                     f"({key}={options[0]})"
                 )
+
+
+def check_composes(argv: list[str], conf_dir: Path) -> None:
+    """For a single run: compose the config with Hydra's compose API first, so that a
+    misspelt key (``trainer.max_epoch=5``) or a bad value type is one ``Error:`` line with
+    exit 2 instead of Hydra's multi-line report. Sweeps (``-m``, comma lists) and
+    ``hydra.*``/``--`` flags are left to Hydra."""
+    if any(a in ("-m", "--multirun") or a.startswith("-") for a in argv):
+        return
+    overrides = [a for a in argv if "=" in a and not a.lstrip("+~").startswith("hydra")]
+    if any("," in a.partition("=")[2] for a in overrides):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
+            compose("train", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        text = " ".join(str(err).split())
+        _fail(f"{text[:300]}; check the spelling (python train.py --cfg job lists the keys)")
 
 
 def _fail(message: str) -> None:
