@@ -159,18 +159,19 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     stds = [100 * r["test/acc_std"] for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4.5))
     bars = ax.bar(range(len(rows)), means, yerr=stds, capsize=4, color="#4C72B0")
+    ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    finite = [m for m in means if not math.isnan(m)]
+    low = max(0, min(finite, default=0) - 10)
+    ax.set_ylim(low, 100)
     for bar, r in zip(bars, rows, strict=True):
         ax.annotate(
             f"n={r['n']}",
-            (bar.get_x() + bar.get_width() / 2, 1),
+            (bar.get_x() + bar.get_width() / 2, low + 1),
             ha="center",
             fontsize=7,
             color="white",
         )
-    ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
-    finite = [m for m in means if not math.isnan(m)]
-    ax.set_ylim(max(0, min(finite, default=0) - 10), 100)
     ax.set_title(f"Sweep {title}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
