@@ -49,8 +49,3 @@ class PictureCallback(Callback):
             if isinstance(logger, WandbLogger):
                 for key, path in images.items():
                     logger.log_image(key=f"pictures/{key}", images=[str(path)])
-
-    @staticmethod
-    def first_run(trainer: L.Trainer) -> bool:
-        """True for ``fit``/``test`` of the training run (not sanity checks)."""
-        return not trainer.sanity_checking
