@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gnn_attn.console import quiet
 from gnn_attn.errors import UserError
-from gnn_attn.train import write_json
+from gnn_attn.train import build_data_and_model, write_json
 
 
 def load_run_config(ckpt_path: Path) -> DictConfig:
@@ -50,13 +50,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_cfg.data.module.cache_dir = f"{cfg.paths.cache_dir}/planetoid"
     run_cfg.data.module.verbose = False
 
-    datamodule = instantiate(run_cfg.data.module)
-    datamodule.setup("test")
-    module = instantiate(
-        run_cfg.model.module,
-        in_channels=datamodule.num_features,
-        num_classes=datamodule.num_classes,
-    )
+    datamodule, module = build_data_and_model(run_cfg, "test")
     trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False, callbacks=[])
     val = trainer.validate(module, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False)
     test = trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False)

@@ -106,6 +106,16 @@ def resume_command(last: str) -> str:
     return " ".join(["python train.py", *overrides, f"ckpt_path={last}"])
 
 
+def build_data_and_model(cfg: DictConfig, stage: str) -> tuple[Any, L.LightningModule]:
+    """The data module (set up for ``stage``) and the model sized to its graph."""
+    datamodule = instantiate(cfg.data.module)
+    datamodule.setup(stage)
+    module = instantiate(
+        cfg.model.module, in_channels=datamodule.num_features, num_classes=datamodule.num_classes
+    )
+    return datamodule, module
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write JSON atomically (a reader never sees half a file)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -127,11 +137,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = instantiate(cfg.data.module)
-    datamodule.setup("fit")
-    module = instantiate(
-        cfg.model.module, in_channels=datamodule.num_features, num_classes=datamodule.num_classes
-    )
+    datamodule, module = build_data_and_model(cfg, "fit")
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     selection, callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)

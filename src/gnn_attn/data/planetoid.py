@@ -14,8 +14,8 @@ import torch
 import torch_geometric.transforms as T
 from torch_geometric.data import Data
 from torch_geometric.datasets import Planetoid
-from torch_geometric.utils import degree
 
+from gnn_attn.analysis.graph import node_degree
 from gnn_attn.errors import UserError
 
 NAMES = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
@@ -53,10 +53,10 @@ def graph_stats(data: Data) -> dict[str, Any]:
     """Size and split of a node-classification graph.
 
     ``edges`` counts undirected edges (``edge_index`` holds both directions); degrees are
-    computed on ``edge_index`` as stored (no self-loops).
+    :func:`~gnn_attn.analysis.graph.node_degree` (self-loops excluded).
     """
     n = data.num_nodes
-    deg = degree(data.edge_index[0], num_nodes=n)
+    deg = node_degree(data.edge_index, n).float()
     return {
         "nodes": n,
         "edges": data.edge_index.size(1) // 2,
@@ -152,7 +152,7 @@ class PlanetoidDataModule(L.LightningDataModule):
         return [f.name for f in files if not f.is_file()]
 
     def prepare_data(self) -> None:
-        self._load()
+        self._cached()  # read (or download) once; setup() takes its copy
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
@@ -164,13 +164,16 @@ class PlanetoidDataModule(L.LightningDataModule):
             if self.verbose:
                 print(self.report())
 
-    def _load(self) -> Data:
-        """The graph (a copy from the per-process cache after the first load: a sweep's
-        jobs in one process read the files once)."""
+    def _cached(self) -> Data:
+        """The graph from the per-process cache (a sweep's jobs in one process read the
+        files once)."""
         key = (str(self.data_dir.resolve()), self.name, self.normalize_features)
         if key not in _LOADED:
             _LOADED[key] = self._read()
-        return _LOADED[key].clone()
+        return _LOADED[key]
+
+    def _load(self) -> Data:
+        return self._cached().clone()
 
     def _verify_checksums(self) -> None:
         """Compare the raw files with ``<data_dir>/SHA256SUMS`` (shipped with Cora and
