@@ -1,3 +1,5 @@
-from gnn_attn.data.planetoid import PlanetoidDataModule, graph_stats
+from gnn_attn.data.base import NodeDataModule, graph_stats
+from gnn_attn.data.planetoid import PlanetoidDataModule
+from gnn_attn.data.synthetic import SyntheticDataModule, make_sbm
 
-__all__ = ["PlanetoidDataModule", "graph_stats"]
+__all__ = ["NodeDataModule", "PlanetoidDataModule", "SyntheticDataModule", "graph_stats", "make_sbm"]

@@ -246,7 +246,7 @@ class FusedGATConv(nn.Module):
             self.att = nn.Parameter(torch.empty(1, heads, out_channels))
             self.lin_bias = nn.Parameter(torch.empty(2 * hc))
         self.bias = nn.Parameter(torch.empty(hc if concat else out_channels))
-        self._graph: tuple[Any, AttentionGraph] | None = None
+        self._graph: tuple[Any, AttentionGraph, Tensor] | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -304,10 +304,12 @@ class FusedGATConv(nn.Module):
         return g
 
     def graph(self, edge_index: Tensor, num_nodes: int) -> AttentionGraph:
-        """The cached :class:`AttentionGraph` of ``edge_index`` (rebuilt if it changes)."""
+        """The cached :class:`AttentionGraph` of ``edge_index`` (rebuilt when another graph
+        comes, e.g. every mini-batch). The cache holds ``edge_index`` itself, so its memory
+        cannot be reused by a new tensor that would then match the key."""
         key = (edge_index.data_ptr(), tuple(edge_index.shape), num_nodes, edge_index.device)
         if self._graph is None or self._graph[0] != key:
-            self._graph = (key, AttentionGraph(edge_index, num_nodes))
+            self._graph = (key, AttentionGraph(edge_index, num_nodes), edge_index)
         return self._graph[1]
 
     @staticmethod

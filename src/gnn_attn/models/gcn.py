@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+from torch import Tensor
 from torch_geometric.nn import GCNConv
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from gnn_attn.models.sparse import sparse_aware
 from gnn_attn.models.stack import LayerStack
@@ -16,8 +21,8 @@ class GCN(LayerStack):
         \hat{\mathbf{D}}^{-1/2}\,\mathrm{drop}_p(\mathbf{H}^{(l)})\,\mathbf{W}^{(l)}\big),
         \qquad \hat{\mathbf{A}} = \mathbf{A} + \mathbf{I}
 
-    The normalised adjacency is computed once and cached (``cached=True``): the setting
-    is transductive, the graph never changes.
+    The normalised adjacency is computed once per graph and cached (full batch: once per
+    run; mini-batches: once per batch, shared by the layers).
 
     Args:
         in_channels: input features :math:`F_{in}`.
@@ -43,7 +48,31 @@ class GCN(LayerStack):
         self._build_uniform(in_channels, out_channels, hidden_channels, num_layers, _gcn_conv)
 
 
+class CachedGCNConv(GCNConv):
+    r"""PyG's :class:`GCNConv` (same parameters and output) whose normalisation
+    :math:`\hat{\mathbf{D}}^{-1/2}\hat{\mathbf{A}}\hat{\mathbf{D}}^{-1/2}` is cached per
+    ``edge_index`` tensor. PyG's ``cached=True`` keeps the first graph forever, which
+    would be wrong for mini-batches; here a new graph is normalised when it comes. The
+    cache holds ``edge_index`` itself, so a new tensor cannot reuse its memory and match.
+
+    Shapes: ``x`` :math:`(N, F_{in})` (dense or CSR), ``edge_index`` :math:`(2, E)` →
+    :math:`(N, F_{out})`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, **kwargs: Any) -> None:
+        super().__init__(in_channels, out_channels, normalize=False, **kwargs)
+        self.lin = sparse_aware(self.lin)  # same weights; also takes CSR features
+        self._norm: tuple[Any, ...] | None = None
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:  # type: ignore[override]
+        n = x.size(0)
+        key = (edge_index.data_ptr(), tuple(edge_index.shape), n, edge_index.device)
+        if self._norm is None or self._norm[0] != key:
+            ei, w = gcn_norm(edge_index, None, n, add_self_loops=True, dtype=torch.float32)
+            self._norm = (key, ei, w, edge_index)
+        _, ei, w, _ = self._norm
+        return super().forward(x, ei, w.to(self.lin.weight.dtype))
+
+
 def _gcn_conv(d_in: int, d_out: int) -> GCNConv:
-    conv = GCNConv(d_in, d_out, cached=True)
-    conv.lin = sparse_aware(conv.lin)  # same weights; also takes CSR features
-    return conv
+    return CachedGCNConv(d_in, d_out)

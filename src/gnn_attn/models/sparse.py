@@ -68,16 +68,20 @@ class _Transpose:
         self.offsets[1:] = counts.cumsum(0)[:-1]
 
 
-_TRANSPOSES: dict[tuple[Any, ...], _Transpose] = {}
+_TRANSPOSES: dict[tuple[Any, ...], tuple[_Transpose, Tensor, Tensor]] = {}
 
 
 def _transpose_of(x: Tensor) -> _Transpose:
-    key = (x.crow_indices().data_ptr(), x.col_indices().data_ptr(), tuple(x.shape), x.device)
+    """The :class:`_Transpose` of ``x``'s structure, computed once per structure (dropout
+    changes only the values). Each entry keeps its ``crow``/``col`` tensors alive, so a
+    later matrix (the next mini-batch) cannot get the same memory and match a stale key."""
+    crow, col = x.crow_indices(), x.col_indices()
+    key = (crow.data_ptr(), col.data_ptr(), tuple(x.shape), x.device)
     if key not in _TRANSPOSES:
-        if len(_TRANSPOSES) > 8:
-            _TRANSPOSES.clear()
-        _TRANSPOSES[key] = _Transpose(x)
-    return _TRANSPOSES[key]
+        if len(_TRANSPOSES) >= 4:
+            _TRANSPOSES.pop(next(iter(_TRANSPOSES)))
+        _TRANSPOSES[key] = (_Transpose(x), crow, col)
+    return _TRANSPOSES[key][0]
 
 
 def _bag_matmul(col: Tensor, offsets: Tensor, values: Tensor, dense: Tensor) -> Tensor:
