@@ -10,7 +10,7 @@ import rich.syntax
 import rich.tree
 from omegaconf import DictConfig, OmegaConf
 
-# Lightning messages that never apply to full-batch graph training.
+# Lightning messages that never apply to graph training as done here.
 _IGNORED_WARNINGS = (
     r".*does not have many workers.*",
     r".*smaller than the logging interval.*",
@@ -22,6 +22,8 @@ _IGNORED_WARNINGS = (
     r".*Sparse CSR tensor support is in beta.*",
     r".*Sparse invariant checks are implicitly disabled.*",
     r".*callbacks used to create the checkpoint need to be provided.*",
+    # DDP: the module sums its epoch metrics over ranks itself before logging them
+    r".*when logging on epoch level in distributed setting.*",
 )
 
 

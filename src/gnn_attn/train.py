@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from gnn_attn.callbacks import EarlyStoppingCheckpoint
 from gnn_attn.callbacks.signals import StopOnSignal
 from gnn_attn.console import print_config, quiet
+from gnn_attn.distributed import ddp_group, world_size
 from gnn_attn.errors import TrainingDiverged, UserError
 from gnn_attn.models import count_parameters
 from gnn_attn.sweep import is_multirun, record_failure
@@ -137,6 +138,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
+    with ddp_group(cfg) as world:
+        if world > 1 and cfg.trainer.get("accelerator") == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        return _run(cfg, out_dir, started)
+
+
+def _run(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
     datamodule, module = build_data_and_model(cfg, "fit")
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     selection, callbacks = build_callbacks(cfg)
@@ -178,6 +186,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(getattr(cb, "summary", None) or {})
     # everything this job spent outside the epoch loop: setup, selection, test, pictures
     metrics["run_seconds"] = round(time.perf_counter() - started, 3)
+    if world_size(cfg) > 1:
+        metrics["processes"] = trainer.world_size
+    if not trainer.is_global_zero:
+        return metrics  # DDP: rank 0 writes and reports
     for lg in loggers:
         if isinstance(lg, WandbLogger):
             lg.experiment.summary.update({k: v for k, v in metrics.items() if k != "output_dir"})

@@ -37,7 +37,30 @@ def check_config(cfg: DictConfig) -> None:
     _at_least("early_stopping.patience", cfg.early_stopping.patience, 0)
     if cfg.get("threads") is not None:
         _at_least("threads", cfg.threads, 1)
+    _check_loader(cfg)
     _check_writable(Path(cfg.paths.output_dir))
+
+
+def _check_loader(cfg: DictConfig) -> None:
+    from gnn_attn.distributed import world_size
+
+    d = cfg.data
+    loader = d.get("loader", "full")
+    if world_size(cfg) > 1 and loader == "full":
+        raise UserError(
+            f"trainer={cfg.trainer.get('strategy')} with {world_size(cfg)} processes needs "
+            "mini-batches: full-batch DDP gives no speed-up (every rank would process the "
+            "whole graph); add data.loader=neighbor or use trainer=cpu"
+        )
+    if loader != "neighbor":
+        return
+    hops = list(d.num_neighbors)
+    layers = cfg.model.get("layers")
+    if cfg.model.name != "mlp" and layers is not None and len(hops) != layers:
+        raise UserError(
+            f"data.num_neighbors has {len(hops)} entries but model.layers={layers}; give one "
+            f"fan-out per layer, e.g. data.num_neighbors=[{','.join(['10'] * layers)}]"
+        )
 
 
 def _is_list(value: Any) -> bool:

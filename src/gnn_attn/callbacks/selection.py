@@ -122,6 +122,7 @@ class EarlyStoppingCheckpoint(Callback):
             trainer.strategy.save_checkpoint(self._snapshot, self.best_model_path)
         if self.save_last:
             trainer.save_checkpoint(self.last_model_path, weights_only=False)
+        trainer.strategy.barrier("best_checkpoint_written")  # DDP: rank 0 writes, all read
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer)
