@@ -22,7 +22,7 @@ from gnn_attn.callbacks import EarlyStoppingCheckpoint
 from gnn_attn.callbacks.signals import StopOnSignal
 from gnn_attn.console import print_config, quiet
 from gnn_attn.distributed import ddp_group, world_size
-from gnn_attn.errors import TrainingDiverged, UserError
+from gnn_attn.errors import TrainingDiverged, UserError, is_out_of_memory, out_of_memory_error
 from gnn_attn.models import count_parameters
 from gnn_attn.sweep import is_multirun, record_failure
 from gnn_attn.validate import check_config
@@ -214,13 +214,17 @@ def finish_wandb() -> None:
 
 def threads_per_job(cfg: DictConfig) -> int | None:
     """``cfg.threads`` if set; under the joblib launcher, cores // parallel jobs (so that
-    jobs × threads ≤ cores); else None (torch's default)."""
+    jobs × threads ≤ cores); under submitit, the launcher's ``cpus_per_task``; else None
+    (torch's default)."""
     if cfg.get("threads"):
         return int(cfg.threads)
     if not HydraConfig.initialized():
         return None
     launcher = HydraConfig.get().launcher
-    if "joblib" not in str(launcher.get("_target_", "")).lower():
+    target = str(launcher.get("_target_", "")).lower()
+    if "submitit" in target:
+        return launcher.get("cpus_per_task")
+    if "joblib" not in target:
         return None
     cores = os.cpu_count() or 1
     n_jobs = launcher.get("n_jobs") or -1
@@ -239,7 +243,12 @@ def main(cfg: DictConfig) -> float | None:
     if threads:
         torch.set_num_threads(threads)
     try:
-        return run(cfg)[cfg.get("optimized_metric") or "val/acc_best"]
+        try:
+            return run(cfg)[cfg.get("optimized_metric") or "val/acc_best"]
+        except Exception as err:
+            if is_out_of_memory(err):
+                raise out_of_memory_error(err, cfg.data.get("loader", "full")) from err
+            raise
     except Interrupted as stop:
         print(
             f"Interrupted: last.ckpt saved. Resume with:\n  {resume_command(stop.last)}",
