@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 ARGS   ?=
 
-.PHONY: install train test lint format clean bench table paper-table
+.PHONY: install train test lint format clean bench bench-scale table paper-table
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ test: install
 
 bench: install
 	$(BIN)/python -m gnn_attn.bench $(ARGS)
+
+# Full-batch vs mini-batch GAT on synthetic graphs of 10k, 100k, 1M nodes (~10 min).
+bench-scale: install
+	$(BIN)/python -m gnn_attn.bench_scale $(ARGS)
 
 table: install
 	@test -n "$(SWEEP)" || { echo "Error: pass SWEEP=multirun/<date>/<time>"; exit 2; }

@@ -46,8 +46,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     quiet()
     ckpt_path = Path(cfg.ckpt_path).expanduser().resolve()
     run_cfg = load_run_config(ckpt_path)
-    run_cfg.data.module.data_dir = cfg.paths.data_dir
-    run_cfg.data.module.cache_dir = f"{cfg.paths.cache_dir}/planetoid"
+    module_cfg = run_cfg.data.module
+    if "data_dir" in module_cfg:
+        module_cfg.data_dir = cfg.paths.data_dir
+    module_cfg.cache_dir = f"{cfg.paths.cache_dir}/{Path(module_cfg.cache_dir).name}"
     run_cfg.data.module.verbose = False
 
     datamodule, module = build_data_and_model(run_cfg, "test")

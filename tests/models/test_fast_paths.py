@@ -108,3 +108,35 @@ def test_dropout_keeps_the_expected_value_and_drops_only_stored_values() -> None
     kept_share = (dropout(torch.ones(100_000), p, True) != 0).float().mean()
     assert abs(kept_share - (1 - p)) < 0.01
     assert torch.equal(dropout(x, p, training=False), x)
+
+
+def test_cached_gcn_layer_equals_pyg_and_follows_a_new_graph() -> None:
+    """Mini-batches bring a new graph every step: the cached normalisation must follow
+    (PyG's ``cached=True`` would keep the first graph)."""
+    from torch_geometric.nn import GCNConv
+
+    from gnn_attn.models.gcn import CachedGCNConv
+
+    torch.manual_seed(0)
+    ref = GCNConv(30, 5)
+    ours = CachedGCNConv(30, 5)
+    ours.load_state_dict(ref.state_dict())
+    for seed in (0, 1, 2):  # same shapes, different graphs
+        x, edge_index = random_graph(seed=seed)
+        x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out_ref, out_ours = ref(x_ref, edge_index), ours(x_ours, edge_index.clone())
+        torch.testing.assert_close(out_ours, out_ref, atol=1e-5, rtol=1e-5)
+        out_ref.square().sum().backward()
+        out_ours.square().sum().backward()
+        torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_fused_layer_follows_a_new_graph_of_the_same_shape(version: str) -> None:
+    torch.manual_seed(0)
+    layer = FusedGATConv(30, 5, heads=2, version=version).eval()
+    for seed in (0, 1, 2):
+        x, edge_index = random_graph(seed=seed)
+        fresh = FusedGATConv(30, 5, heads=2, version=version).eval()
+        fresh.load_state_dict(layer.state_dict())
+        torch.testing.assert_close(layer(x, edge_index.clone()), fresh(x, edge_index))

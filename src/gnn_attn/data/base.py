@@ -73,8 +73,11 @@ class NodeDataModule(L.LightningDataModule):
     (:class:`~gnn_attn.data.sampler.NeighborBatches`); loss and metrics use the seeds
     only (``batch.batch_size`` first rows). Training draws ``num_neighbors[l]`` neighbours
     per node at hop ``l``; evaluation (validation, test) is mini-batch with
-    ``eval_num_neighbors`` (default all neighbours, which makes it exact: the same logits
-    as a full-graph forward pass) in batches of ``eval_batch_size``.
+    ``eval_num_neighbors`` (default all neighbours) in batches of ``eval_batch_size``.
+    With all neighbours, evaluation of GAT/GATv2 (attention normalises over each
+    target's in-edges, all present) and MLP is exact: the same logits as a full-graph
+    pass. GCN's symmetric normalisation sees the batch's degrees for the outermost nodes
+    (as with PyG's ``NeighborLoader``), so its mini-batch evaluation is close, not equal.
     Under DDP each rank takes its share of the seeds.
 
     Args:
