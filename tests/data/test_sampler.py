@@ -9,7 +9,7 @@ import torch
 
 from gnn_attn.data import PlanetoidDataModule
 from gnn_attn.data.sampler import NeighborBatches, NeighborSampler, gather_rows
-from gnn_attn.models import GAT
+from gnn_attn.models import GAT, MLP
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "planetoid"
 
@@ -38,7 +38,7 @@ def test_all_neighbours_give_the_full_graph_logits(cora, version: str) -> None:
     sampler = NeighborSampler(cora.edge_index, cora.num_nodes)
     seeds = cora.val_mask.nonzero().view(-1)[:200]
     gen = torch.Generator().manual_seed(0)
-    n_id, edge_index = sampler.sample(seeds, [-1, -1], gen)
+    n_id, edge_index, _, _ = sampler.sample(seeds, [-1, -1], gen)
     with torch.no_grad():
         full = net(cora.x, cora.edge_index)[seeds]
         batch = net(gather_rows(cora.x, n_id), edge_index)[: seeds.numel()]
@@ -48,7 +48,8 @@ def test_all_neighbours_give_the_full_graph_logits(cora, version: str) -> None:
 def test_fanout_limits_and_structure(cora) -> None:
     sampler = NeighborSampler(cora.edge_index, cora.num_nodes)
     seeds = torch.tensor([0, 1, 2, 1358, 2000])
-    n_id, ei = sampler.sample(seeds, [3, 2], torch.Generator().manual_seed(1))
+    n_id, ei, nodes, edges = sampler.sample(seeds, [3, 2], torch.Generator().manual_seed(1))
+    assert sum(nodes) == n_id.numel() and sum(edges) == ei.size(1) and nodes[0] == 5
     assert torch.equal(n_id[: seeds.numel()], seeds)  # seeds first
     assert n_id.unique().numel() == n_id.numel()  # each node once
     src, dst = n_id[ei[0]], n_id[ei[1]]  # back to global ids
@@ -94,3 +95,27 @@ def test_ddp_shards_cover_the_seeds_once(cora) -> None:
     assert len({len(list(iter(lo))) for lo in loaders}) == 1
     assert {len(lo) for lo in loaders} == {len(list(iter(loaders[0])))}
     assert set(sum((_seeds_of(lo) for lo in loaders), [])) == set(seeds.tolist())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda f, c: GAT(f, c, version="v1", num_layers=3, residual=True),
+        lambda f, c: GAT(f, c, version="v2"),
+        lambda f, c: MLP(f, c, num_layers=3),
+    ],
+)
+def test_layer_trimming_keeps_the_seeds_logits(cora, make) -> None:
+    """Trimmed layers (only what later layers read) give the seeds the same logits."""
+    torch.manual_seed(0)
+    net = make(cora.x.size(1), 7).eval()
+    hops = len(net.layers)
+    sampler = NeighborSampler(cora.edge_index, cora.num_nodes)
+    seeds = cora.train_mask.nonzero().view(-1)
+    n_id, ei, nodes, edges = sampler.sample(seeds, [4] * hops, torch.Generator().manual_seed(0))
+    x = gather_rows(cora.x, n_id)
+    with torch.no_grad():
+        whole = net(x, ei)[: seeds.numel()]
+        trimmed = net(x, ei, (nodes, edges))
+    assert trimmed.size(0) == nodes[0] + nodes[1] < x.size(0)
+    torch.testing.assert_close(trimmed[: seeds.numel()], whole, atol=1e-5, rtol=1e-5)

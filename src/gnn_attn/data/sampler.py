@@ -97,9 +97,11 @@ class NeighborSampler:
 
     def sample(
         self, seeds: Tensor, fanouts: Sequence[int], gen: torch.Generator
-    ) -> tuple[Tensor, Tensor]:
-        """``(n_id, edge_index)``: the batch's nodes (seeds first, unique) and its edges in
-        batch-local ids."""
+    ) -> tuple[Tensor, Tensor, list[int], list[int]]:
+        """``(n_id, edge_index, nodes_per_hop, edges_per_hop)``: the batch's nodes (seeds
+        first, then each hop's new nodes; unique), its edges in batch-local ids (hop 1's
+        edges first, then hop 2's…), and how many nodes (seeds = hop 0) and edges each
+        hop added (PyG's ``num_sampled_nodes``/``num_sampled_edges``)."""
         local = self._local
         local[seeds] = torch.arange(seeds.numel())
         n_ids, srcs, dsts = [seeds], [], []
@@ -115,7 +117,8 @@ class NeighborSampler:
             frontier = new
         n_id = torch.cat(n_ids)
         local[n_id] = -1  # reset for the next batch
-        return n_id, torch.stack([torch.cat(srcs), torch.cat(dsts)])
+        edge_index = torch.stack([torch.cat(srcs), torch.cat(dsts)])
+        return n_id, edge_index, [t.numel() for t in n_ids], [t.numel() for t in srcs]
 
 
 def _ranges(start: Tensor, length: Tensor) -> Tensor:
@@ -132,8 +135,9 @@ class NeighborBatches:
 
     Each batch is a :class:`~torch_geometric.data.Data` with ``x`` :math:`(n, F)` (the
     batch's rows of the graph's features, CSR or dense), ``edge_index`` :math:`(2, e)`,
-    ``y`` :math:`(n,)`, ``n_id`` :math:`(n,)` (global ids) and ``batch_size`` :math:`B`:
-    rows ``0..B-1`` are the seeds, the nodes the loss and metrics use.
+    ``y`` :math:`(n,)`, ``n_id`` :math:`(n,)` (global ids), ``batch_size`` :math:`B`
+    (rows ``0..B-1`` are the seeds, the nodes the loss and metrics use), and
+    ``num_sampled_nodes``/``num_sampled_edges`` (per hop, for layer-wise trimming).
 
     With ``world_size > 1`` (DDP) the seeds are split between ranks: all ranks draw the
     same permutation for an epoch and rank :math:`r` takes every ``world_size``-th seed
@@ -198,12 +202,14 @@ class NeighborBatches:
             yield self.batch(chunk, gen)
 
     def batch(self, seeds: Tensor, gen: torch.Generator) -> Data:
-        n_id, edge_index = self.neighbors.sample(seeds, self.fanouts, gen)
+        n_id, edge_index, nodes, edges = self.neighbors.sample(seeds, self.fanouts, gen)
         return Data(
             x=gather_rows(self.data.x, n_id),
             edge_index=edge_index,
             y=self.data.y.index_select(0, n_id),
             n_id=n_id,
             batch_size=seeds.numel(),
+            num_sampled_nodes=nodes,
+            num_sampled_edges=edges,
             num_nodes=n_id.numel(),
         )

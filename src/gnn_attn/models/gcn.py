@@ -34,6 +34,8 @@ class GCN(LayerStack):
     Shapes: ``x`` :math:`(N, F_{in})`, ``edge_index`` :math:`(2, E)` → :math:`(N, C)`.
     """
 
+    trims = False  # the degree normalisation reads every edge of the batch
+
     def __init__(
         self,
         in_channels: int,

@@ -89,7 +89,10 @@ class NodeClassifier(L.LightningModule):
             self.train_seconds = time.perf_counter() - self._train_start
 
     def forward(self, data: Data) -> Tensor:
-        """Logits :math:`(N, C)` for every node."""
+        """Logits :math:`(N, C)` for every node (a sampled batch: its seeds first)."""
+        if "num_sampled_nodes" in data:
+            hops = (data.num_sampled_nodes, data.num_sampled_edges)
+            return self.net(data.x, data.edge_index, hops)
         return self.net(data.x, data.edge_index)
 
     def _step(self, batch: Data, stage: str) -> Tensor:

@@ -11,6 +11,7 @@ from gnn_attn.errors import UserError
 from gnn_attn.models.sparse import dropout
 
 ACTIVATIONS = ("elu", "relu", "leaky_relu", "gelu", "silu", "tanh")
+Hops = tuple[list[int], list[int]]  # nodes per hop (seeds first), edges per hop
 
 
 def per_layer(value: int | bool | Sequence, n: int, name: str) -> list:
@@ -57,6 +58,9 @@ class LayerStack(nn.Module):
     """
 
     graph_layers = True
+    # trim sampled batches layer by layer (exact when a layer's output at a node depends
+    # only on its in-edges, as for attention and MLPs; not for GCN's symmetric norm)
+    trims = True
 
     def __init__(self, dropout: float, activation: str, residual: bool) -> None:
         super().__init__()
@@ -99,16 +103,37 @@ class LayerStack(nn.Module):
             out = out + self.res[i](h)
         return out
 
-    def embed(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        """The hidden representation fed to the last layer, :math:`(N, F_{L-1})`."""
-        h = x
-        for i in range(len(self.layers) - 1):
-            h = self.act(self._layer(i, h, edge_index))
+    def _trim(self, i: int, h: Tensor, edge_index: Tensor, hops: Hops) -> tuple[Tensor, Tensor]:
+        r"""After layer ``i`` of a sampled batch, keep the nodes and edges later layers read.
+
+        Layer :math:`i+1` needs outputs only for nodes within :math:`k = \min(H, L-i-2)`
+        hops of the seeds, so it needs inputs for nodes within :math:`k+1` hops and the
+        edges of hops :math:`1..k+1` (which point into them). Nodes and edges come sorted
+        by hop (:class:`~gnn_attn.data.sampler.NeighborSampler`), so both are prefixes.
+        """
+        nodes, edges = hops
+        keep = min(len(edges), len(self.layers) - i - 2)
+        return h[: sum(nodes[: keep + 2])], edge_index[:, : sum(edges[: keep + 1])]
+
+    def _run(self, h: Tensor, edge_index: Tensor, hops: Hops | None, upto: int) -> Tensor:
+        for i in range(upto):
+            h = self._layer(i, h, edge_index)
+            if i < len(self.layers) - 1:
+                h = self.act(h)
+                if hops is not None and self.trims:
+                    h, edge_index = self._trim(i, h, edge_index, hops)
         return h
 
-    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        h = self.embed(x, edge_index)
-        return self._layer(len(self.layers) - 1, h, edge_index)
+    def embed(self, x: Tensor, edge_index: Tensor, hops: Hops | None = None) -> Tensor:
+        """The hidden representation fed to the last layer, :math:`(N, F_{L-1})` (with
+        ``hops``: for the nodes within one hop of the seeds)."""
+        return self._run(x, edge_index, hops, len(self.layers) - 1)
+
+    def forward(self, x: Tensor, edge_index: Tensor, hops: Hops | None = None) -> Tensor:
+        """Logits :math:`(N, C)`. For a sampled batch (``hops`` = nodes and edges per hop)
+        the layers are trimmed as they go (:meth:`_trim`): the logits then cover the
+        nodes within one hop, the seeds first."""
+        return self._run(x, edge_index, hops, len(self.layers))
 
     @property
     def first_layer(self) -> nn.Module:
