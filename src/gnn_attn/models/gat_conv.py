@@ -84,11 +84,20 @@ class HeadLayout:
         rows = (graph.dst.unsqueeze(1) * h + k).reshape(-1)  # edge-major order
         cols = (graph.src.unsqueeze(1) * h + k).reshape(-1)
         size = n * h
-        self.perm = torch.argsort(rows * size + cols)
-        self.inv = torch.argsort(self.perm)
+        # The edges are sorted by (target, source), so the CSR order (target, head,
+        # source) is arithmetic: no sort of the E'H entries is needed.
+        self.inv = _segment_positions(graph.dst, graph.ptr, h)  # edge-major → CSR
+        self.perm = _inverse(self.inv)
         self.row, self.col = rows[self.perm], cols[self.perm]
         self.crow = _offsets(self.row, size)
-        self.t_perm = torch.argsort(self.col * size + self.row)
+        # A^T in (source, head, target) order: a stable sort of the E' edges by source
+        # keeps targets ascending within each source.
+        by_src = torch.argsort(graph.src, stable=True)
+        src_ptr = _offsets(graph.src[by_src], n)
+        t_pos = torch.empty_like(self.inv)
+        t_pos.view(-1, h)[by_src] = _segment_positions(graph.src[by_src], src_ptr, h).view(-1, h)
+        self.t_perm = torch.empty_like(self.inv)
+        self.t_perm[t_pos] = self.inv  # transposed position → CSR position of A
         self.t_col = self.row[self.t_perm]
         self.t_crow = _offsets(self.col[self.t_perm], size)
         self.size = size
@@ -106,6 +115,24 @@ class HeadLayout:
             (self.size, self.size),
             check_invariants=False,
         )
+
+
+def _segment_positions(seg: Tensor, ptr: Tensor, heads: int) -> Tensor:
+    r"""For items sorted by segment (``seg`` :math:`(M,)` ascending, offsets ``ptr``),
+    the position of copy :math:`k` of item :math:`j` when each segment lists its items
+    head by head: :math:`H\,\mathrm{ptr}_s + k\,d_s + r_j` (:math:`d_s` the segment's
+    size, :math:`r_j` the item's rank in it). Returned in item-major order :math:`(MH,)`."""
+    start = ptr.index_select(0, seg)
+    deg = ptr.diff().index_select(0, seg)
+    rank = torch.arange(seg.numel(), device=seg.device) - start
+    k = torch.arange(heads, device=seg.device)
+    return (start * heads + rank).unsqueeze(1).add(deg.unsqueeze(1) * k).reshape(-1)
+
+
+def _inverse(perm: Tensor) -> Tensor:
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel(), device=perm.device)
+    return inv
 
 
 def _offsets(sorted_index: Tensor, size: int) -> Tensor:

@@ -61,7 +61,7 @@ class _Transpose:
         n_rows, n_cols = x.shape
         crow, col = x.crow_indices(), x.col_indices()
         row = torch.repeat_interleave(torch.arange(n_rows, device=x.device), crow.diff())
-        self.perm = torch.argsort(col * n_rows + row)
+        self.perm = torch.argsort(col, stable=True)  # rows stay ascending within a column
         self.col = row[self.perm].contiguous()
         counts = torch.bincount(col, minlength=n_cols)
         self.offsets = torch.zeros(n_cols, dtype=crow.dtype, device=x.device)
