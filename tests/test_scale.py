@@ -52,6 +52,7 @@ def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path: Path, cache_dir: Path
         "trainer=ddp_cpu",
         "trainer.max_epochs=4",
         "callbacks=tsne",
+        "callbacks.tsne.max_nodes=500",  # the subset path
         "logger=csv",
     )
     assert [p.name for p in runs.iterdir()] == ["ddp"]  # one output dir, no extra ones
@@ -127,3 +128,27 @@ def test_sweep_through_submitit_local(tmp_path: Path, cache_dir: Path) -> None:
     assert result["jobs"] == 2 and result["problems"] == []
     assert [row["n"] for row in result["rows"]] == [2]  # the seeds form one group
     assert (sweep_dir / "results.csv").is_file()
+
+
+def test_ddp_jobs_in_a_sweep_each_write_one_run(tmp_path: Path, cache_dir: Path) -> None:
+    """Two DDP jobs in turn in one sweep process: each starts and ends its own process
+    group, and the sweep holds exactly its two job dirs."""
+    sweep_dir = tmp_path / "sweep"
+    run_cli(
+        "train.py",
+        "-m",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"paths.cache_dir={cache_dir}",
+        "trainer=ddp_cpu",
+        "trainer.enable_progress_bar=false",
+        "print_config=false",
+        "callbacks=none",
+        "logger=none",
+        *TINY_SBM,
+        "seed=0,1",
+        "trainer.max_epochs=2",
+    )
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["0", "1", "multirun.yaml"]
+    for job in ("0", "1"):
+        m = read_metrics(sweep_dir / job)
+        assert m["processes"] == 2 and m["seed"] == int(job)

@@ -18,6 +18,7 @@ import csv
 import math
 import statistics
 import sys
+import textwrap
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,9 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [r["group"] for r in rows]
+    # long override lists (one group: every override is common) are wrapped and cut
+    labels = [textwrap.shorten(r["group"].replace(",", ", "), 80) for r in rows]
+    labels = ["\n".join(textwrap.wrap(label, 30)) for label in labels]
     means = [100 * r["test/acc_mean"] for r in rows]
     stds = [100 * r["test/acc_std"] for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4.5))

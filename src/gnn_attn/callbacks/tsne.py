@@ -33,8 +33,9 @@ class TSNEPlot(PictureCallback):
 
     The representation is :meth:`~gnn_attn.models.NodeClassifier.embeddings`: the input
     of the output layer, :math:`(N, F_{L-1})` (for GAT, the concatenated heads after ELU),
-    computed in eval mode on the whole graph. All nodes are drawn, coloured by class;
-    test nodes are drawn as filled dots, the others as small faint ones.
+    computed in eval mode on the whole graph. Up to ``max_nodes`` nodes are drawn (a
+    seeded random subset beyond that: t-SNE is quadratic-ish), coloured by class; test
+    nodes are drawn as filled dots, the others as small faint ones.
 
     Writes ``tsne_before.png``, ``tsne_after.png``; adds to the summary the silhouette
     score of the classes in the embedding (cosine; −1…1, higher = better separated),
@@ -43,12 +44,15 @@ class TSNEPlot(PictureCallback):
     Args:
         output_dir: where the PNGs go.
         max_iter: t-SNE iterations (400 keeps CiteSeer at ~6 s on 2 cores).
-        seed: t-SNE's random state.
+        seed: t-SNE's random state (and the subset's).
+        max_nodes: most nodes embedded (default 5000; Cora and CiteSeer fit whole).
     """
 
-    def __init__(self, output_dir: str, max_iter: int = 400, seed: int = 0) -> None:
+    def __init__(
+        self, output_dir: str, max_iter: int = 400, seed: int = 0, max_nodes: int = 5000
+    ) -> None:
         super().__init__(output_dir)
-        self.max_iter, self.seed = max_iter, seed
+        self.max_iter, self.seed, self.max_nodes = max_iter, seed, max_nodes
         self._done_after = False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -70,6 +74,9 @@ class TSNEPlot(PictureCallback):
         pl_module.train(was_training)
         y = data.y.cpu().numpy()
         test = data.test_mask.cpu().numpy()
+        if len(y) > self.max_nodes:
+            keep = np.random.default_rng(self.seed).choice(len(y), self.max_nodes, replace=False)
+            emb, y, test = emb[keep], y[keep], test[keep]
         start = time.perf_counter()
         xy = tsne_2d(emb, self.seed, self.max_iter)
         seconds = time.perf_counter() - start
