@@ -140,3 +140,24 @@ def test_fused_layer_follows_a_new_graph_of_the_same_shape(version: str) -> None
         fresh = FusedGATConv(30, 5, heads=2, version=version).eval()
         fresh.load_state_dict(layer.state_dict())
         torch.testing.assert_close(layer(x, edge_index.clone()), fresh(x, edge_index))
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_bipartite_layer_equals_the_full_layer_on_its_targets(version: str) -> None:
+    """``num_dst``: outputs and every gradient equal those of the full layer's first rows
+    (edges into the other nodes cannot reach those rows)."""
+    torch.manual_seed(0)
+    x, edge_index = random_graph()
+    full = FusedGATConv(30, 5, heads=3, version=version)
+    part = FusedGATConv(30, 5, heads=3, version=version)
+    part.load_state_dict(full.state_dict())
+    x_full, x_part = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_full = full(x_full, edge_index)[:17]
+    out_part = part(x_part, edge_index, num_dst=17)
+    assert out_part.shape == (17, 15)
+    torch.testing.assert_close(out_part, out_full, atol=1e-5, rtol=1e-5)
+    out_full.square().sum().backward()
+    out_part.square().sum().backward()
+    torch.testing.assert_close(x_part.grad, x_full.grad, atol=1e-5, rtol=1e-5)
+    for (name, p_full), p_part in zip(full.named_parameters(), part.parameters(), strict=True):
+        torch.testing.assert_close(p_part.grad, p_full.grad, atol=1e-5, rtol=1e-5, msg=name)

@@ -17,25 +17,32 @@ class AttentionGraph:
     r"""The graph as attention needs it, built once: self-loops added (any existing ones
     removed, as PyG's layers do), edges sorted by target node.
 
+    With ``num_dst`` :math:`N_d < N` the graph is bipartite, as in a sampled mini-batch:
+    all :math:`N` nodes are sources, only the first :math:`N_d` are targets (outputs are
+    computed for them alone; they get the self-loops). Edges into other nodes are dropped.
+
     Attributes:
         src, dst: :math:`(E')` source and target of every edge, ``dst`` ascending.
-        ptr: :math:`(N + 1)` CSR offsets of each target's incoming edges.
+        ptr: :math:`(N_d + 1)` CSR offsets of each target's incoming edges.
         edge_index: :math:`(2, E')` ``[src, dst]``.
     """
 
-    def __init__(self, edge_index: Tensor, num_nodes: int) -> None:
+    def __init__(self, edge_index: Tensor, num_nodes: int, num_dst: int | None = None) -> None:
+        num_dst = num_nodes if num_dst is None else num_dst
         src, dst = edge_index
         keep = src != dst
-        loops = torch.arange(num_nodes, device=edge_index.device)
+        if num_dst < num_nodes:
+            keep &= dst < num_dst
+        loops = torch.arange(num_dst, device=edge_index.device)
         src = torch.cat([src[keep], loops])
         dst = torch.cat([dst[keep], loops])
         order = torch.argsort(dst * num_nodes + src)
         self.src, self.dst = src[order].contiguous(), dst[order].contiguous()
         self.edge_index = torch.stack([self.src, self.dst])
-        counts = torch.bincount(self.dst, minlength=num_nodes)
-        self.ptr = torch.zeros(num_nodes + 1, dtype=torch.long, device=edge_index.device)
+        counts = torch.bincount(self.dst, minlength=num_dst)
+        self.ptr = torch.zeros(num_dst + 1, dtype=torch.long, device=edge_index.device)
         self.ptr[1:] = counts.cumsum(0)
-        self.num_nodes = num_nodes
+        self.num_nodes, self.num_dst = num_nodes, num_dst
         self._layouts: dict[int, HeadLayout] = {}
 
     def layout(self, heads: int) -> HeadLayout:
@@ -80,16 +87,16 @@ class HeadLayout:
 
     def __init__(self, graph: AttentionGraph, heads: int) -> None:
         n, h, dev = graph.num_nodes, heads, graph.src.device
+        n_dst = graph.num_dst
         k = torch.arange(h, device=dev)
         rows = (graph.dst.unsqueeze(1) * h + k).reshape(-1)  # edge-major order
         cols = (graph.src.unsqueeze(1) * h + k).reshape(-1)
-        size = n * h
         # The edges are sorted by (target, source), so the CSR order (target, head,
         # source) is arithmetic: no sort of the E'H entries is needed.
         self.inv = _segment_positions(graph.dst, graph.ptr, h)  # edge-major → CSR
         self.perm = _inverse(self.inv)
         self.row, self.col = rows[self.perm], cols[self.perm]
-        self.crow = _offsets(self.row, size)
+        self.crow = _offsets(self.row, n_dst * h)
         # A^T in (source, head, target) order: a stable sort of the E' edges by source
         # keeps targets ascending within each source.
         by_src = torch.argsort(graph.src, stable=True)
@@ -99,12 +106,12 @@ class HeadLayout:
         self.t_perm = torch.empty_like(self.inv)
         self.t_perm[t_pos] = self.inv  # transposed position → CSR position of A
         self.t_col = self.row[self.t_perm]
-        self.t_crow = _offsets(self.col[self.t_perm], size)
-        self.size = size
+        self.t_crow = _offsets(self.col[self.t_perm], n * h)
+        self.shape = (n_dst * h, n * h)  # of A: (target, head) rows × (source, head) columns
 
     def matrix(self, values: Tensor) -> Tensor:
         return torch.sparse_csr_tensor(
-            self.crow, self.col, values, (self.size, self.size), check_invariants=False
+            self.crow, self.col, values, self.shape, check_invariants=False
         )
 
     def transpose(self, values: Tensor) -> Tensor:
@@ -112,7 +119,7 @@ class HeadLayout:
             self.t_crow,
             self.t_col,
             values[self.t_perm],
-            (self.size, self.size),
+            self.shape[::-1],
             check_invariants=False,
         )
 
@@ -164,7 +171,7 @@ class _AttendAggregate(torch.autograd.Function):
     (:func:`torch.sparse.sampled_addmm`, :math:`\gamma`) backward, in place of the
     :math:`(E', H, C)` message tensors and ~15 autograd nodes of the unfused expression.
 
-    Shapes: ``e`` :math:`(E', H)`, ``x`` :math:`(N, H, C)` → :math:`(N, H, C)`.
+    Shapes: ``e`` :math:`(E', H)`, ``x`` :math:`(N, H, C)` → :math:`(N_d, H, C)`.
     """
 
     @staticmethod
@@ -185,15 +192,15 @@ class _AttendAggregate(torch.autograd.Function):
         xf = x.reshape(n * h, c)
         out = layout.matrix(w) @ xf
         ctx.save_for_backward(xf, alpha, w, scale)
-        ctx.layout, ctx.e_shape = layout, e.shape
-        return out.view(n, h, c)
+        ctx.layout, ctx.e_shape, ctx.x_shape = layout, e.shape, x.shape
+        return out.view(-1, h, c)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         xf, alpha, w, scale = ctx.saved_tensors
         layout: HeadLayout = ctx.layout
-        g = grad_out.reshape(xf.shape)
-        grad_x = (layout.transpose(w) @ g).view(grad_out.shape)
+        g = grad_out.reshape(-1, xf.size(1))
+        grad_x = (layout.transpose(w) @ g).view(ctx.x_shape)
         pattern = layout.matrix(alpha)
         gamma = torch.sparse.sampled_addmm(pattern, g, xf.t(), beta=0.0).values()
         if scale is not None:
@@ -246,6 +253,8 @@ class FusedGATConv(nn.Module):
     :math:`(N, HC)` or :math:`(N, C)`; with ``return_attention_weights=True`` also
     ``(edge_index (2, E'), alpha (E', H))``.
     """
+
+    bipartite = True  # forward takes num_dst (see LayerStack._run)
 
     def __init__(
         self,
@@ -330,13 +339,21 @@ class FusedGATConv(nn.Module):
             )
         return g
 
-    def graph(self, edge_index: Tensor, num_nodes: int) -> AttentionGraph:
+    def graph(
+        self, edge_index: Tensor, num_nodes: int, num_dst: int | None = None
+    ) -> AttentionGraph:
         """The cached :class:`AttentionGraph` of ``edge_index`` (rebuilt when another graph
         comes, e.g. every mini-batch). The cache holds ``edge_index`` itself, so its memory
         cannot be reused by a new tensor that would then match the key."""
-        key = (edge_index.data_ptr(), tuple(edge_index.shape), num_nodes, edge_index.device)
+        key = (
+            edge_index.data_ptr(),
+            tuple(edge_index.shape),
+            num_nodes,
+            num_dst,
+            edge_index.device,
+        )
         if self._graph is None or self._graph[0] != key:
-            self._graph = (key, AttentionGraph(edge_index, num_nodes), edge_index)
+            self._graph = (key, AttentionGraph(edge_index, num_nodes, num_dst), edge_index)
         return self._graph[1]
 
     @staticmethod
@@ -361,14 +378,20 @@ class FusedGATConv(nn.Module):
         return e, x_src.reshape(n, h, c)
 
     def forward(
-        self, x: Tensor, edge_index: Tensor, return_attention_weights: bool | None = None
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        return_attention_weights: bool | None = None,
+        num_dst: int | None = None,
     ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
+        """``num_dst``: compute outputs for the first ``num_dst`` nodes only (a sampled
+        batch's inner hops; see :class:`AttentionGraph`); the result has that many rows."""
         n, h, c = x.size(0), self.heads, self.out_channels
-        g = self.graph(edge_index, n)
+        g = self.graph(edge_index, n, num_dst)
         e, x_src = self.scores(x, g)
         x_msg = dropout(x_src, self.feat_dropout, self.training)
         out = _AttendAggregate.apply(e, x_msg, g.layout(h), self.dropout, self.training)
-        out = out.reshape(n, h * c) if self.concat else out.mean(dim=1)
+        out = out.reshape(g.num_dst, h * c) if self.concat else out.mean(dim=1)
         out = out + self.bias
         if return_attention_weights:
             return out, (g.edge_index, edge_softmax(e.detach(), g))

@@ -96,43 +96,48 @@ class LayerStack(nn.Module):
                 lin = nn.Identity() if d_in == d_out else nn.Linear(d_in, d_out, bias=False)
                 self.res.append(lin)
 
-    def _layer(self, i: int, h: Tensor, edge_index: Tensor) -> Tensor:
+    def _layer(self, i: int, h: Tensor, edge_index: Tensor, n_out: int | None = None) -> Tensor:
+        """Layer ``i`` (with dropout and residual); ``n_out``: only the first ``n_out``
+        output rows are needed (layers that take ``num_dst`` compute only those)."""
         h = dropout(h, self.dropout, self.training)
-        out = self.layers[i](h, edge_index) if self.graph_layers else self.layers[i](h)
+        layer = self.layers[i]
+        if not self.graph_layers:
+            out = layer(h)
+        elif n_out is not None and getattr(layer, "bipartite", False):
+            out = layer(h, edge_index, num_dst=n_out)
+        else:
+            out = layer(h, edge_index)
         if self.residual:
-            out = out + self.res[i](h)
-        return out
-
-    def _trim(self, i: int, h: Tensor, edge_index: Tensor, hops: Hops) -> tuple[Tensor, Tensor]:
-        r"""After layer ``i`` of a sampled batch, keep the nodes and edges later layers read.
-
-        Layer :math:`i+1` needs outputs only for nodes within :math:`k = \min(H, L-i-2)`
-        hops of the seeds, so it needs inputs for nodes within :math:`k+1` hops and the
-        edges of hops :math:`1..k+1` (which point into them). Nodes and edges come sorted
-        by hop (:class:`~gnn_attn.data.sampler.NeighborSampler`), so both are prefixes.
-        """
-        nodes, edges = hops
-        keep = min(len(edges), len(self.layers) - i - 2)
-        return h[: sum(nodes[: keep + 2])], edge_index[:, : sum(edges[: keep + 1])]
+            out = out[:n_out] + self.res[i](h)[:n_out]
+        return out if n_out is None else out[:n_out]
 
     def _run(self, h: Tensor, edge_index: Tensor, hops: Hops | None, upto: int) -> Tensor:
+        r"""Layers ``0..upto-1``. For a sampled batch (``hops`` = nodes and edges per hop,
+        sorted by hop, seeds first) each layer gets only what it and later layers read:
+        layer :math:`i` of :math:`L` must output the nodes within :math:`r = \min(H,
+        L-1-i)` hops of the seeds, from the edges of hops :math:`1..r+1`; both are
+        prefixes of the batch's nodes and edges."""
+        n_layers = len(self.layers)
         for i in range(upto):
-            h = self._layer(i, h, edge_index)
-            if i < len(self.layers) - 1:
+            n_out = None
+            if hops is not None and self.trims:
+                nodes, edges = hops
+                reach = min(len(edges), n_layers - 1 - i)
+                n_out = sum(nodes[: reach + 1])
+                edge_index = edge_index[:, : sum(edges[: reach + 1])]
+            h = self._layer(i, h, edge_index, n_out)
+            if i < n_layers - 1:
                 h = self.act(h)
-                if hops is not None and self.trims:
-                    h, edge_index = self._trim(i, h, edge_index, hops)
         return h
 
     def embed(self, x: Tensor, edge_index: Tensor, hops: Hops | None = None) -> Tensor:
         """The hidden representation fed to the last layer, :math:`(N, F_{L-1})` (with
-        ``hops``: for the nodes within one hop of the seeds)."""
+        ``hops``: of the nodes within one hop of the seeds, seeds first)."""
         return self._run(x, edge_index, hops, len(self.layers) - 1)
 
     def forward(self, x: Tensor, edge_index: Tensor, hops: Hops | None = None) -> Tensor:
-        """Logits :math:`(N, C)`. For a sampled batch (``hops`` = nodes and edges per hop)
-        the layers are trimmed as they go (:meth:`_trim`): the logits then cover the
-        nodes within one hop, the seeds first."""
+        """Logits :math:`(N, C)`; for a sampled batch (``hops`` given) the seeds' logits
+        :math:`(B, C)`, each layer computing only what later layers read (:meth:`_run`)."""
         return self._run(x, edge_index, hops, len(self.layers))
 
     @property
