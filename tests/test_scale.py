@@ -152,3 +152,20 @@ def test_ddp_jobs_in_a_sweep_each_write_one_run(tmp_path: Path, cache_dir: Path)
     for job in ("0", "1"):
         m = read_metrics(sweep_dir / job)
         assert m["processes"] == 2 and m["seed"] == int(job)
+
+
+def test_out_of_memory_is_one_line_naming_mini_batches(tmp_path: Path, cache_dir: Path) -> None:
+    """A real allocation failure (a model far too wide for memory) ends in one line."""
+    out = tmp_path / "run"
+    proc = run_cli(
+        "train.py",
+        *train_overrides(out, cache_dir, "data=cora", "model=gat"),
+        "model.hidden=1000000000",
+        check=False,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: out of memory (could not allocate")
+    assert "data.loader=neighbor" in last
+    assert "Traceback" not in proc.stderr
+    assert not (out / "metrics.json").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class UserError(Exception):
     """A problem with what the user asked for (config, paths, data), not a bug.
@@ -19,23 +21,33 @@ class TrainingDiverged(UserError):
 
 def is_out_of_memory(err: BaseException) -> bool:
     """A CUDA or CPU allocation failure (torch raises ``OutOfMemoryError`` on GPUs and a
-    ``RuntimeError`` naming the allocator on the CPU)."""
-    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
-        return True
-    text = str(err)
-    return isinstance(err, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text
-    )
+    ``RuntimeError`` naming the allocator on the CPU), also when wrapped (Hydra's
+    ``instantiate`` re-raises with the original as the cause)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        text = str(err)
+        if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+            return True
+        if "out of memory" in text.lower() or "can't allocate memory" in text:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def out_of_memory_error(err: BaseException, loader: str) -> UserError:
-    """The one-line error for an allocation failure during training."""
-    first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    """The one-line error for an allocation failure during a run."""
+    text = " ".join(str(err).split())
+    match = re.search(r"tried to allocate (\d+) bytes", text)
+    if match:
+        what = f"could not allocate {int(match.group(1)) / 2**20:,.0f} MiB"
+    else:
+        what = text[:120] or type(err).__name__
     if loader == "full":
         fix = (
-            "the whole graph does not fit in memory at once: train on sampled mini-batches "
-            "with data.loader=neighbor (and a smaller data.batch_size if needed)"
+            "the whole graph (or the model) does not fit at once: train on sampled "
+            "mini-batches with data.loader=neighbor, or make the model smaller"
         )
     else:
         fix = "lower data.batch_size, data.num_neighbors or data.eval_batch_size"
-    return UserError(f"out of memory ({first}); {fix}")
+    return UserError(f"out of memory ({what}); {fix}")
