@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gnn_attn.data import PlanetoidDataModule
 from gnn_attn.data.sampler import NeighborBatches, NeighborSampler, gather_rows
@@ -120,3 +121,26 @@ def test_layer_trimming_keeps_the_seeds_logits(cora, make) -> None:
         trimmed = net(x, ei, (nodes, edges))
     assert trimmed.size(0) == seeds.numel()
     torch.testing.assert_close(trimmed, whole, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_receptive_field_gives_the_whole_graph_loss_and_gradients(cora, version: str) -> None:
+    """Full-batch GAT trains on the training nodes' receptive field: same loss, same
+    gradient for every parameter as on the whole graph."""
+    from gnn_attn.data.sampler import receptive_field
+
+    torch.manual_seed(0)
+    kw = dict(version=version, dropout=0.0, attn_dropout=0.0, feat_dropout=0.0)
+    whole, field = GAT(cora.x.size(1), 7, **kw), GAT(cora.x.size(1), 7, **kw)
+    field.load_state_dict(whole.state_dict())
+    seeds = cora.train_mask.nonzero().view(-1)
+    batch = receptive_field(cora, seeds, whole.receptive_hops)
+    assert batch.num_nodes < cora.num_nodes  # less work
+    loss_whole = F.cross_entropy(whole(cora.x, cora.edge_index)[seeds], cora.y[seeds])
+    hops = (batch.num_sampled_nodes, batch.num_sampled_edges)
+    loss_field = F.cross_entropy(field(batch.x, batch.edge_index, hops), batch.y[: seeds.numel()])
+    torch.testing.assert_close(loss_field, loss_whole)
+    loss_whole.backward()
+    loss_field.backward()
+    for (name, p_whole), p_field in zip(whole.named_parameters(), field.parameters(), strict=True):
+        torch.testing.assert_close(p_field.grad, p_whole.grad, atol=1e-6, rtol=1e-4, msg=name)

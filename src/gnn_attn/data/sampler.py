@@ -117,7 +117,10 @@ class NeighborSampler:
             frontier = new
         n_id = torch.cat(n_ids)
         local[n_id] = -1  # reset for the next batch
-        edge_index = torch.stack([torch.cat(srcs), torch.cat(dsts)])
+        if srcs:
+            edge_index = torch.stack([torch.cat(srcs), torch.cat(dsts)])
+        else:  # no hops (an MLP's receptive field): the seeds alone
+            edge_index = torch.empty(2, 0, dtype=torch.long)
         return n_id, edge_index, [t.numel() for t in n_ids], [t.numel() for t in srcs]
 
 
@@ -213,3 +216,16 @@ class NeighborBatches:
             num_sampled_edges=edges,
             num_nodes=n_id.numel(),
         )
+
+
+def receptive_field(data: Data, seeds: Tensor, hops: int) -> Data:
+    """``seeds`` with their complete ``hops``-hop in-neighbourhood of ``data``, as one
+    batch in the :class:`NeighborBatches` layout (built on the CPU, returned on
+    ``data``'s device): what an ``hops``-layer GNN reads to compute the seeds' outputs."""
+    device = data.edge_index.device
+    cpu = Data(x=data.x.cpu(), y=data.y.cpu(), edge_index=data.edge_index.cpu())
+    sampler = NeighborSampler(cpu.edge_index, data.num_nodes)
+    batches = NeighborBatches(
+        cpu, sampler, seeds.cpu(), [-1] * hops, seeds.numel(), False, 0, lambda: 0
+    )
+    return batches.batch(seeds.cpu(), torch.Generator()).to(device)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
+from gnn_attn.data.sampler import receptive_field
 from gnn_attn.errors import TrainingDiverged, UserError
 
 DECAY_SCOPES = ("all", "weights", "first_layer")
@@ -30,6 +31,12 @@ class NodeClassifier(L.LightningModule):
     .. math::
         \mathcal{L} = -\frac{1}{|\mathcal{V}_s|}\sum_{i \in \mathcal{V}_s}
         \log \mathrm{softmax}(f_\theta(\mathbf{X}, \mathcal{E})_i)_{y_i}
+
+    Full batch with a backbone that trims exactly (GAT, GATv2, MLP), each stage runs on
+    its receptive field instead of the whole graph: the stage's nodes and every node
+    within the backbone's hops of them, built once (:meth:`_receptive`); the logits of
+    the stage's nodes, the loss and the gradients are the same, the work is not (GCN's
+    symmetric normalisation depends on every degree, so it keeps the whole graph).
 
     Logged once per epoch: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
     ``val/acc_best`` (the best ``val/acc`` so far), ``test/loss``, ``test/acc``. The epoch
@@ -78,6 +85,7 @@ class NodeClassifier(L.LightningModule):
         self.train_seconds = 0.0
         # per stage: (sum of losses × nodes, correct) and the node count of this epoch
         self._sums: dict[str, tuple[Tensor, int]] = {}
+        self._fields: dict[tuple[str, int], tuple[Data, Data]] = {}
 
     # Wall time of the epoch loop alone (no setup, no pictures drawn at fit start).
     def on_train_start(self) -> None:
@@ -95,8 +103,25 @@ class NodeClassifier(L.LightningModule):
             return self.net(data.x, data.edge_index, hops)
         return self.net(data.x, data.edge_index)
 
+    def _receptive(self, data: Data, stage: str) -> Data:
+        """The stage's nodes of the whole graph ``data`` with their complete
+        :math:`L`-hop in-neighbourhood, as one batch (built once per graph and stage).
+
+        Only these nodes can influence the stage's logits, so for backbones whose layers
+        trim exactly (GAT, GATv2, MLP: ``net.trims``) this batch gives the same loss and
+        gradients as the whole graph, at a fraction of the work (CiteSeer's 120 training
+        nodes: layer 2 computes 120 rows instead of 3327)."""
+        key = (stage, id(data))
+        hit = self._fields.get(key)
+        if hit is None or hit[0] is not data:
+            seeds = data[f"{stage}_mask"].nonzero().view(-1)
+            self._fields[key] = (data, receptive_field(data, seeds, self.net.receptive_hops))
+        return self._fields[key][1]
+
     def _step(self, batch: Data, stage: str) -> Tensor:
         """Loss on the stage's nodes of one batch; adds its sums to the epoch's."""
+        if "batch_size" not in batch and getattr(self.net, "trims", False):
+            batch = self._receptive(batch, stage)
         logits = self(batch)
         if "batch_size" in batch:  # a sampled mini-batch: its seeds come first
             logits, y = logits[: batch.batch_size], batch.y[: batch.batch_size]

@@ -141,6 +141,11 @@ class LayerStack(nn.Module):
         return self._run(x, edge_index, hops, len(self.layers))
 
     @property
+    def receptive_hops(self) -> int:
+        """How many hops of neighbours a node's output depends on (0 for an MLP)."""
+        return len(self.layers) if self.graph_layers else 0
+
+    @property
     def first_layer(self) -> nn.Module:
         return self.layers[0]
 
