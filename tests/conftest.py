@@ -76,5 +76,19 @@ def train_overrides(out_dir: Path, cache: Path, *extra: str) -> list[str]:
     ]
 
 
+def sweep_overrides(sweep_dir: Path, cache: Path, trainer: str = "cpu") -> list[str]:
+    """``-m`` into ``sweep_dir``, quiet, no pictures, no logger."""
+    return [
+        "-m",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"paths.cache_dir={cache}",
+        f"trainer={trainer}",
+        "trainer.enable_progress_bar=false",
+        "print_config=false",
+        "callbacks=none",
+        "logger=none",
+    ]
+
+
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())

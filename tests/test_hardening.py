@@ -37,6 +37,14 @@ DATA = ROOT / "data" / "planetoid"
         (["ckpt_path=/nonexistent/last.ckpt"], "Error: checkpoint not found"),
         (["trainer.max_epoch=5"], "Error: Could not override 'trainer.max_epoch'"),
         (["seed=abc"], "Error: seed must be an integer (got 'abc')"),
+        (["trainer=ddp_cpu"], "Error: trainer=ddp with 2 processes needs mini-batches"),
+        (
+            ["model=gat", "data.loader=neighbor", "data.num_neighbors=[5,5,5]"],
+            "Error: data.num_neighbors has 3 entries but model.layers=2",
+        ),
+        (["data=synthetic", "data.homophily=2"], "Error: data.homophily must be in [0, 1]"),
+        # a real allocation failure: a model far too wide for memory
+        (["model=gat", "model.hidden=1000000000"], "Error: out of memory (could not allocate"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path: Path, overrides, message: str) -> None:

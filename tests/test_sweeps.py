@@ -12,27 +12,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from gnn_attn.analysis.aggregate import aggregate
-from tests.conftest import CONF, run_cli
-
-QUIET = [
-    "trainer=cpu",
-    "trainer.enable_progress_bar=false",
-    "print_config=false",
-    "callbacks=none",
-    "logger=none",
-]
+from tests.conftest import CONF, run_cli, sweep_overrides
 
 
 def sweep(tmp: Path, cache: Path, *overrides: str, check: bool = True):
-    return run_cli(
-        "train.py",
-        "-m",
-        f"hydra.sweep.dir={tmp}",
-        f"paths.cache_dir={cache}",
-        *QUIET,
-        *overrides,
-        check=check,
-    )
+    return run_cli("train.py", *sweep_overrides(tmp, cache), *overrides, check=check)
 
 
 def test_sweep_then_aggregate_matches_job_metrics(tmp_path: Path, cache_dir: Path) -> None:
