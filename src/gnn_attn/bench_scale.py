@@ -17,6 +17,7 @@ address space of each run is capped, to see it happen on a big machine).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import resource
@@ -167,8 +168,19 @@ def _table(rows: list[dict[str, Any]], slopes: dict[str, float | None]) -> str:
         )
     for loader, s in slopes.items():
         shown = "n/a (fewer than 2 sizes ran)" if s is None else f"{s:.2f}"
-        out.append(f"log-log slope of s/epoch vs edges, {loader}: {shown}")
+        ok = [r for r in rows if r["loader"] == loader and r["status"] == "ok"]
+        steps = [
+            f"{_short(a['nodes'])}→{_short(b['nodes'])}: "
+            f"{slope([(a['edges'], a['epoch_seconds']), (b['edges'], b['epoch_seconds'])]):.2f}"
+            for a, b in itertools.pairwise(ok)
+        ]
+        between = f" (between sizes: {', '.join(steps)})" if len(steps) > 1 else ""
+        out.append(f"log-log slope of s/epoch vs edges, {loader}: {shown}{between}")
     return "\n".join(out)
+
+
+def _short(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k"
 
 
 def _plot(rows: list[dict[str, Any]], slopes: dict[str, float | None], path: Path) -> None:
