@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 
 from gnn_attn.callbacks import EarlyStoppingCheckpoint
-from gnn_attn.data import PlanetoidDataModule
+from gnn_attn.data import PlanetoidDataModule, SyntheticDataModule
 from gnn_attn.models import GAT, GCN, MLP, NodeClassifier
 from tests.conftest import CONF
 
@@ -32,7 +32,10 @@ def compose_train(tmp_path: Path, *overrides: str):
 def test_data_choices_instantiate(tmp_path: Path, data: str) -> None:
     cfg = compose_train(tmp_path, f"data={data}")
     dm = instantiate(cfg.data.module)
-    assert isinstance(dm, PlanetoidDataModule)
+    if data == "synthetic":
+        assert isinstance(dm, SyntheticDataModule) and dm.loader == "neighbor"
+        return
+    assert isinstance(dm, PlanetoidDataModule) and dm.loader == "full"
     assert dm.name.lower() == cfg.data.name
 
 
@@ -54,8 +57,8 @@ def test_model_choices_instantiate(tmp_path: Path, model: str) -> None:
 def test_trainer_choices_instantiate(tmp_path: Path, trainer: str) -> None:
     cfg = compose_train(tmp_path, f"trainer={trainer}")
     assert cfg.trainer.max_epochs == 1000
-    if trainer == "gpu":  # no GPU here: the config must still be a valid Trainer config
-        assert cfg.trainer.accelerator == "gpu"
+    if cfg.trainer.accelerator == "gpu":  # no GPU here: gpu, ddp
+        assert trainer in ("gpu", "ddp")
         return
     assert isinstance(instantiate(cfg.trainer, logger=False), L.Trainer)
 

@@ -19,6 +19,19 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite; ``metrics.json`` records the failure."""
 
 
+def user_error_in(err: BaseException) -> UserError | None:
+    """The :class:`UserError` behind ``err`` (Hydra's ``instantiate`` wraps what a
+    constructor raises in an ``InstantiationException``), or None."""
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, UserError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     """A CUDA or CPU allocation failure (torch raises ``OutOfMemoryError`` on GPUs and a
     ``RuntimeError`` naming the allocator on the CPU), also when wrapped (Hydra's

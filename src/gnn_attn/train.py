@@ -22,7 +22,13 @@ from gnn_attn.callbacks import EarlyStoppingCheckpoint
 from gnn_attn.callbacks.signals import StopOnSignal
 from gnn_attn.console import print_config, quiet
 from gnn_attn.distributed import ddp_group, world_size
-from gnn_attn.errors import TrainingDiverged, UserError, is_out_of_memory, out_of_memory_error
+from gnn_attn.errors import (
+    TrainingDiverged,
+    UserError,
+    is_out_of_memory,
+    out_of_memory_error,
+    user_error_in,
+)
 from gnn_attn.models import count_parameters
 from gnn_attn.sweep import is_multirun, record_failure
 from gnn_attn.validate import check_config
@@ -248,6 +254,9 @@ def main(cfg: DictConfig) -> float | None:
         except Exception as err:
             if is_out_of_memory(err):
                 raise out_of_memory_error(err, cfg.data.get("loader", "full")) from err
+            user = user_error_in(err)  # e.g. raised in a constructor Hydra instantiated
+            if user is not None and user is not err:
+                raise user from err
             raise
     except Interrupted as stop:
         print(
