@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn.inits import glorot, zeros
 
+from gnn_attn.models.cache import GraphCache
 from gnn_attn.models.sparse import dropout, keep_mask, project
 
 
@@ -282,7 +283,7 @@ class FusedGATConv(nn.Module):
             self.att = nn.Parameter(torch.empty(1, heads, out_channels))
             self.lin_bias = nn.Parameter(torch.empty(2 * hc))
         self.bias = nn.Parameter(torch.empty(hc if concat else out_channels))
-        self._graph: tuple[Any, AttentionGraph, Tensor] | None = None
+        self._graphs: GraphCache[AttentionGraph] = GraphCache()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -342,19 +343,11 @@ class FusedGATConv(nn.Module):
     def graph(
         self, edge_index: Tensor, num_nodes: int, num_dst: int | None = None
     ) -> AttentionGraph:
-        """The cached :class:`AttentionGraph` of ``edge_index`` (rebuilt when another graph
-        comes, e.g. every mini-batch). The cache holds ``edge_index`` itself, so its memory
-        cannot be reused by a new tensor that would then match the key."""
-        key = (
-            edge_index.data_ptr(),
-            tuple(edge_index.shape),
-            num_nodes,
-            num_dst,
-            edge_index.device,
+        """The :class:`AttentionGraph` of ``edge_index``, from the layer's
+        :class:`~gnn_attn.models.cache.GraphCache`."""
+        return self._graphs.get(
+            edge_index, (num_nodes, num_dst), lambda: AttentionGraph(edge_index, num_nodes, num_dst)
         )
-        if self._graph is None or self._graph[0] != key:
-            self._graph = (key, AttentionGraph(edge_index, num_nodes, num_dst), edge_index)
-        return self._graph[1]
 
     @staticmethod
     def _blocks(att: Tensor) -> Tensor:

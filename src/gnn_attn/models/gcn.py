@@ -9,6 +9,7 @@ from torch import Tensor
 from torch_geometric.nn import GCNConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
+from gnn_attn.models.cache import GraphCache
 from gnn_attn.models.sparse import sparse_aware
 from gnn_attn.models.stack import LayerStack
 
@@ -55,7 +56,7 @@ class CachedGCNConv(GCNConv):
     :math:`\hat{\mathbf{D}}^{-1/2}\hat{\mathbf{A}}\hat{\mathbf{D}}^{-1/2}` is cached per
     ``edge_index`` tensor. PyG's ``cached=True`` keeps the first graph forever, which
     would be wrong for mini-batches; here a new graph is normalised when it comes. The
-    cache holds ``edge_index`` itself, so a new tensor cannot reuse its memory and match.
+    cache is a :class:`~gnn_attn.models.cache.GraphCache`.
 
     Shapes: ``x`` :math:`(N, F_{in})` (dense or CSR), ``edge_index`` :math:`(2, E)` →
     :math:`(N, F_{out})`.
@@ -64,15 +65,15 @@ class CachedGCNConv(GCNConv):
     def __init__(self, in_channels: int, out_channels: int, **kwargs: Any) -> None:
         super().__init__(in_channels, out_channels, normalize=False, **kwargs)
         self.lin = sparse_aware(self.lin)  # same weights; also takes CSR features
-        self._norm: tuple[Any, ...] | None = None
+        self._norms: GraphCache[tuple[Tensor, Tensor]] = GraphCache()
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:  # type: ignore[override]
         n = x.size(0)
-        key = (edge_index.data_ptr(), tuple(edge_index.shape), n, edge_index.device)
-        if self._norm is None or self._norm[0] != key:
-            ei, w = gcn_norm(edge_index, None, n, add_self_loops=True, dtype=torch.float32)
-            self._norm = (key, ei, w, edge_index)
-        _, ei, w, _ = self._norm
+        ei, w = self._norms.get(
+            edge_index,
+            (n,),
+            lambda: gcn_norm(edge_index, None, n, add_self_loops=True, dtype=torch.float32),
+        )
         return super().forward(x, ei, w.to(self.lin.weight.dtype))
 
 

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn import Linear
 
+from gnn_attn.models.cache import GraphCache
+
 
 def is_csr(x: Tensor) -> bool:
     return x.layout == torch.sparse_csr
@@ -68,20 +70,14 @@ class _Transpose:
         self.offsets[1:] = counts.cumsum(0)[:-1]
 
 
-_TRANSPOSES: dict[tuple[Any, ...], tuple[_Transpose, Tensor, Tensor]] = {}
+_TRANSPOSES: GraphCache[_Transpose] = GraphCache()
 
 
 def _transpose_of(x: Tensor) -> _Transpose:
     """The :class:`_Transpose` of ``x``'s structure, computed once per structure (dropout
-    changes only the values). Each entry keeps its ``crow``/``col`` tensors alive, so a
-    later matrix (the next mini-batch) cannot get the same memory and match a stale key."""
+    changes only the values; the key is the column indices, the row offsets go along)."""
     crow, col = x.crow_indices(), x.col_indices()
-    key = (crow.data_ptr(), col.data_ptr(), tuple(x.shape), x.device)
-    if key not in _TRANSPOSES:
-        if len(_TRANSPOSES) >= 4:
-            _TRANSPOSES.pop(next(iter(_TRANSPOSES)))
-        _TRANSPOSES[key] = (_Transpose(x), crow, col)
-    return _TRANSPOSES[key][0]
+    return _TRANSPOSES.get(col, (crow.data_ptr(), tuple(x.shape)), lambda: _Transpose(x))
 
 
 def _bag_matmul(col: Tensor, offsets: Tensor, values: Tensor, dense: Tensor) -> Tensor:
