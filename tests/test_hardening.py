@@ -37,6 +37,11 @@ DATA = ROOT / "data" / "planetoid"
         (["ckpt_path=/nonexistent/last.ckpt"], "Error: checkpoint not found"),
         (["trainer.max_epoch=5"], "Error: Could not override 'trainer.max_epoch'"),
         (["seed=abc"], "Error: seed must be an integer (got 'abc')"),
+        (["model.dropout_per_head=maybe"], "Error: model.dropout_per_head must be true or false"),
+        (
+            ["model.impl=pyg", "model.feat_dropout=0", "model.dropout_per_head=true"],
+            "Error: model.dropout_per_head needs model.impl=fused",
+        ),
         (["trainer=ddp_cpu"], "Error: trainer=ddp with 2 processes needs mini-batches"),
         (
             ["model=gat", "data.loader=neighbor", "data.num_neighbors=[5,5,5]"],

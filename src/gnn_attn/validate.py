@@ -29,6 +29,9 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("dropout", "attn_dropout", "feat_dropout"):
         if key in m and not (isinstance(m[key], (int, float)) and 0 <= m[key] < 1):
             raise UserError(f"model.{key} must be in [0, 1) (got {m[key]})")
+    for key in ("dropout_per_head", "residual"):
+        if key in m and not isinstance(m[key], bool):
+            raise UserError(f"model.{key} must be true or false (got {m[key]!r})")
     if not (isinstance(m.lr, (int, float)) and m.lr > 0):
         raise UserError(f"model.lr must be > 0 (got {m.lr})")
     if not (isinstance(m.weight_decay, (int, float)) and m.weight_decay >= 0):

@@ -9,7 +9,7 @@ from torch_geometric.nn import GATConv, GATv2Conv
 
 from gnn_attn.models import GAT, GCN, MLP
 from gnn_attn.models.gat_conv import FusedGATConv
-from gnn_attn.models.sparse import SparseLinear, dropout
+from gnn_attn.models.sparse import SparseLinear, dropout, head_copies, project_per_head
 
 
 def random_graph(n: int = 40, f: int = 30, e: int = 160, seed: int = 0):
@@ -161,3 +161,69 @@ def test_bipartite_layer_equals_the_full_layer_on_its_targets(version: str) -> N
     torch.testing.assert_close(x_part.grad, x_full.grad, atol=1e-5, rtol=1e-5)
     for (name, p_full), p_part in zip(full.named_parameters(), part.parameters(), strict=True):
         torch.testing.assert_close(p_part.grad, p_full.grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_head_copies_is_the_block_expansion() -> None:
+    x, _ = random_graph(n=12, f=6)
+    x[3] = 0  # an empty row
+    heads = 3
+    expanded = head_copies(x.to_sparse_csr(), heads).to_dense()
+    ref = torch.zeros(12 * heads, 6 * heads)
+    for k in range(heads):
+        ref[k::heads, k::heads] = x
+    assert torch.equal(expanded, ref)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_per_head_dropout_is_unbiased_and_independent_across_heads(sparse: bool) -> None:
+    torch.manual_seed(0)
+    heads, p = 4, 0.5
+    x, _ = random_graph(n=40, f=30)
+    w = torch.randn(30, heads, 5)
+    inp = x.to_sparse_csr() if sparse else x
+    exact = x @ w.reshape(30, -1)
+    assert torch.allclose(project_per_head(inp, w, heads, p, training=False), exact, atol=1e-5)
+    mean = sum(project_per_head(inp, w, heads, p, training=True) for _ in range(2000)) / 2000
+    assert (mean - exact).abs().mean() < 0.05 * exact.abs().mean()  # E = x W
+    # one input entry, one weight per head: output k is head k's mask of that entry
+    ones = torch.ones(4000, 1)
+    masks = project_per_head(
+        ones.to_sparse_csr() if sparse else ones, torch.ones(1, heads, 1), heads, p, True
+    )
+    kept = masks != 0
+    assert abs(kept.float().mean() - (1 - p)) < 0.02
+    both = (kept[:, 0] & kept[:, 1]).float().mean()  # shared masks would give 1 - p
+    assert abs(both - (1 - p) ** 2) < 0.03
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_per_head_input_dropout_keeps_the_layer(version: str) -> None:
+    """A per-head input dropout that drops nothing (p below 2^-16) leaves outputs and
+    gradients as they are (v2 rearranges W_l | W_r per head and back); eval ignores it."""
+    torch.manual_seed(0)
+    x, edge_index = random_graph()
+    plain = FusedGATConv(30, 5, heads=3, version=version)
+    per_head = FusedGATConv(30, 5, heads=3, version=version, input_dropout=1e-9)
+    per_head.load_state_dict(plain.state_dict())
+    for inp in (x, x.to_sparse_csr()):
+        out_plain, out_head = plain(inp, edge_index), per_head(inp, edge_index)
+        torch.testing.assert_close(out_head, out_plain, atol=1e-5, rtol=1e-5)
+        out_plain.square().sum().backward()
+        out_head.square().sum().backward()
+        torch.testing.assert_close(per_head.weight.grad, plain.weight.grad, atol=1e-5, rtol=1e-5)
+        plain.zero_grad(), per_head.zero_grad()
+    per_head.input_dropout = 0.9
+    torch.testing.assert_close(per_head.eval()(x, edge_index), plain.eval()(x, edge_index))
+
+
+def test_gat_with_per_head_dropout_trains_and_needs_the_fused_layer() -> None:
+    from gnn_attn.errors import UserError
+
+    torch.manual_seed(0)
+    x, edge_index = random_graph()
+    net = GAT(30, 4, heads=4, dropout_per_head=True)
+    assert net.layers[0].input_dropout == 0.6 and net.layers[1].input_dropout == 0.0
+    net(x.to_sparse_csr(), edge_index).square().sum().backward()
+    assert net.layers[0].weight.grad.abs().sum() > 0
+    with pytest.raises(UserError, match=r"dropout_per_head needs model\.impl=fused"):
+        GAT(30, 4, impl="pyg", feat_dropout=0.0, dropout_per_head=True)

@@ -62,6 +62,9 @@ class GAT(LayerStack):
             equal to PyG's) or ``pyg`` (PyG's ``GATConv``/``GATv2Conv`` themselves).
         feat_dropout: dropout on the projected features before aggregation, as in the
             official GAT code (``fused`` only; default 0).
+        dropout_per_head: every head draws its own dropout mask of the layer input, as
+            in the official GAT code (``fused`` only; default false: one mask shared by
+            all heads, as PyG's layers).
 
     Shapes: ``x`` :math:`(N, F_{in})`, ``edge_index`` :math:`(2, E)` → :math:`(N, C)`;
     :meth:`attention` returns per layer ``edge_index`` :math:`(2, E + N)` (self-loops
@@ -85,6 +88,7 @@ class GAT(LayerStack):
         residual: bool = False,
         impl: str = "fused",
         feat_dropout: float = 0.0,
+        dropout_per_head: bool = False,
     ) -> None:
         super().__init__(dropout, activation, residual)
         if version not in VERSIONS:
@@ -95,6 +99,12 @@ class GAT(LayerStack):
             raise UserError(
                 "model.feat_dropout needs model.impl=fused (PyG's layers have no dropout "
                 "before aggregation); set model.feat_dropout=0 or model.impl=fused"
+            )
+        if impl == "pyg" and dropout_per_head:
+            raise UserError(
+                "model.dropout_per_head needs model.impl=fused (PyG's layers take one "
+                "dropped-out input for all heads); set model.dropout_per_head=false or "
+                "model.impl=fused"
             )
         _check_positive(hidden=hidden_channels, layers=num_layers, out_heads=out_heads)
         n_hidden = num_layers - 1
@@ -109,8 +119,14 @@ class GAT(LayerStack):
             d_out = out_channels if last else hidden_channels
             kwargs = dict(heads=h, concat=c, dropout=attn_dropout, negative_slope=negative_slope)
             if impl == "fused":
+                own = dropout if dropout_per_head and h > 1 else 0.0  # per-head input masks
                 layer = FusedGATConv(
-                    self.dims[-1], d_out, version=version, feat_dropout=feat_dropout, **kwargs
+                    self.dims[-1],
+                    d_out,
+                    version=version,
+                    feat_dropout=feat_dropout,
+                    input_dropout=own,
+                    **kwargs,
                 )
             else:
                 layer = VERSIONS[version](self.dims[-1], d_out, **kwargs)
@@ -132,10 +148,11 @@ class GAT(LayerStack):
         out: list[tuple[Tensor, Tensor]] = []
         h = x
         for i, layer in enumerate(self.layers):
-            h_in = dropout(h, self.dropout, self.training)
+            h_in = self._input(i, h)
             h, (ei, alpha) = layer(h_in, edge_index, return_attention_weights=True)
             if self.residual:
-                h = h + self.res[i](h_in)
+                r = h_in if h_in is not h else dropout(h, self.dropout, self.training)
+                h = h + self.res[i](r)
             if i < len(self.layers) - 1:
                 h = self.act(h)
             out.append((ei, alpha))

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch_geometric.nn.inits import glorot, zeros
 
 from gnn_attn.models.cache import GraphCache
-from gnn_attn.models.sparse import dropout, keep_mask, project
+from gnn_attn.models.sparse import dropout, keep_mask, project, project_per_head
 
 
 class AttentionGraph:
@@ -248,6 +248,10 @@ class FusedGATConv(nn.Module):
         dropout: dropout on :math:`\alpha` (training only).
         feat_dropout: dropout :math:`\mathrm{drop}_f` on the projected features before
             aggregation (the official GAT code does this; PyG's layer cannot; default 0).
+        input_dropout: dropout on the layer's input with one mask per head, as the
+            official GAT code (each head drops its own copy of :math:`\mathbf{x}`; see
+            :func:`~gnn_attn.models.sparse.project_per_head`). Default 0: the caller
+            drops the input once for all heads, as PyG's layers expect.
         version: ``v1`` or ``v2``.
 
     Shapes: ``x`` :math:`(N, F_{in})` (dense or CSR), ``edge_index`` :math:`(2, E)` →
@@ -267,11 +271,13 @@ class FusedGATConv(nn.Module):
         dropout: float = 0.0,
         feat_dropout: float = 0.0,
         version: str = "v1",
+        input_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.heads = in_channels, out_channels, heads
         self.concat, self.negative_slope, self.version = concat, negative_slope, version
         self.dropout, self.feat_dropout = dropout, feat_dropout
+        self.input_dropout = input_dropout
         hc = heads * out_channels
         n_proj = 1 if version == "v1" else 2
         self.weight = nn.Parameter(torch.empty(in_channels, n_proj * hc))
@@ -355,11 +361,25 @@ class FusedGATConv(nn.Module):
         head's :math:`C` features weighted by its attention vector."""
         return torch.block_diag(*att[0].unsqueeze(-1))
 
+    def _project(self, x: Tensor) -> Tensor:
+        r""":math:`\mathbf{x}\mathbf{W}` :math:`(N, n_{proj} HC)`, with ``input_dropout``
+        drawn per head (v2: head :math:`k`'s :math:`\mathbf{W}_l^k` and
+        :math:`\mathbf{W}_r^k` see the same copy)."""
+        p, h, c = self.input_dropout, self.heads, self.out_channels
+        if p == 0.0 or not self.training:
+            return project(x, self.weight)
+        f, n = self.in_channels, x.size(0)
+        if self.version == "v1":
+            return project_per_head(x, self.weight.view(f, h, c), h, p, True)
+        w = self.weight.view(f, 2, h, c).transpose(1, 2).reshape(f, h, 2 * c)
+        out = project_per_head(x, w, h, p, True)
+        return out.view(n, h, 2, c).transpose(1, 2).reshape(n, 2 * h * c)
+
     def scores(self, x: Tensor, g: AttentionGraph) -> tuple[Tensor, Tensor]:
         """Unnormalised attention :math:`e` :math:`(E', H)` and the projected source
         features :math:`(N, H, C)`."""
         n, h, c = x.size(0), self.heads, self.out_channels
-        proj = project(x, self.weight)
+        proj = self._project(x)
         if self.version == "v1":
             logits = proj @ torch.cat([self._blocks(self.att_src), self._blocks(self.att_dst)], 1)
             e = logits[:, :h].index_select(0, g.src) + logits[:, h:].index_select(0, g.dst)

@@ -115,6 +115,65 @@ def project(x: Tensor, weight: Tensor) -> Tensor:
     return x @ weight
 
 
+class _HeadCopies:
+    """Structure of :func:`head_copies`' output for one CSR structure and head count."""
+
+    def __init__(self, x: Tensor, heads: int) -> None:
+        n, f = x.shape
+        crow, col = x.crow_indices(), x.col_indices()
+        counts = crow.diff()
+        # entry order (row, head, stored entry of the row): row i's entries once per head
+        row_start = crow[:-1].repeat_interleave(counts * heads)
+        exp_start = (crow[:-1] * heads).repeat_interleave(counts * heads)
+        rank = torch.arange(exp_start.numel(), device=x.device) - exp_start
+        size = counts.repeat_interleave(counts * heads)
+        k = torch.div(rank, size, rounding_mode="floor")
+        self.source = row_start + rank - k * size  # position in x.values()
+        self.col = (col.index_select(0, self.source) * heads + k).contiguous()
+        self.crow = torch.zeros(n * heads + 1, dtype=crow.dtype, device=x.device)
+        self.crow[1:] = counts.repeat_interleave(heads).cumsum(0)
+        self.shape = (n * heads, f * heads)
+
+
+_HEAD_COPIES: GraphCache[_HeadCopies] = GraphCache()
+
+
+def head_copies(x: Tensor, heads: int) -> Tensor:
+    r"""One copy of a CSR :math:`\mathbf{X}` :math:`(N, F)` per head, as a block matrix
+    :math:`\tilde{\mathbf{X}}` :math:`(NH, FH)` with
+    :math:`\tilde{X}_{iH+k,\, fH+k} = X_{if}` (zero across heads), so that with
+    :math:`\mathbf{W}` :math:`(F, H, C)` viewed as :math:`(FH, C)`,
+    :math:`\tilde{\mathbf{X}}\mathbf{W}` viewed as :math:`(N, HC)` is
+    :math:`\mathbf{X}\mathbf{W}`, and dropout on :math:`\tilde{\mathbf{X}}` gives every head
+    its own mask. The structure is built once per CSR structure (values change freely)."""
+    crow, col = x.crow_indices(), x.col_indices()
+    key = (crow.data_ptr(), tuple(x.shape), heads)
+    c = _HEAD_COPIES.get(col, key, lambda: _HeadCopies(x, heads))
+    values = x.values().index_select(0, c.source)
+    return torch.sparse_csr_tensor(c.crow, c.col, values, c.shape, check_invariants=False)
+
+
+def project_per_head(x: Tensor, weight: Tensor, heads: int, p: float, training: bool) -> Tensor:
+    r""":math:`\big\Vert_{k=1}^{H} \mathrm{drop}^{(k)}_p(\mathbf{X})\,\mathbf{W}^k`: the
+    input dropped out independently for every head before that head's projection, as
+    the official GAT code does (each ``attn_head`` drops its own copy of the input).
+
+    ``weight`` :math:`(F, H, C)`; ``x`` :math:`(N, F)` dense or CSR → :math:`(N, HC)`.
+    CSR inputs go through :func:`head_copies` (one sparse product; dropout on the
+    :math:`H \cdot nnz` stored values), dense ones through a batched product.
+    Without training or with :math:`p = 0` this is :func:`project` on the same weight.
+    """
+    f, h, c = weight.shape
+    if not training or p == 0.0 or heads == 1:
+        return project(dropout(x, p, training), weight.reshape(f, h * c))
+    n = x.size(0)
+    if is_csr(x):
+        copies = dropout(head_copies(x, heads), p, training)
+        return project(copies, weight.reshape(f * h, c)).view(n, h * c)
+    xs = dropout(x.unsqueeze(0).expand(h, n, f), p, training)  # (H, N, F), own masks
+    return torch.bmm(xs, weight.transpose(0, 1)).transpose(0, 1).reshape(n, h * c)
+
+
 class SparseLinear(Linear):
     r""":class:`torch_geometric.nn.Linear` that also takes a CSR input,
     :math:`\mathbf{Y} = \mathbf{X}\mathbf{W}^\top + \mathbf{b}`.

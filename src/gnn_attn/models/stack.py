@@ -99,17 +99,25 @@ class LayerStack(nn.Module):
     def _layer(self, i: int, h: Tensor, edge_index: Tensor, n_out: int | None = None) -> Tensor:
         """Layer ``i`` (with dropout and residual); ``n_out``: only the first ``n_out``
         output rows are needed (layers that take ``num_dst`` compute only those)."""
-        h = dropout(h, self.dropout, self.training)
         layer = self.layers[i]
+        x = self._input(i, h)
         if not self.graph_layers:
-            out = layer(h)
+            out = layer(x)
         elif n_out is not None and getattr(layer, "bipartite", False):
-            out = layer(h, edge_index, num_dst=n_out)
+            out = layer(x, edge_index, num_dst=n_out)
         else:
-            out = layer(h, edge_index)
+            out = layer(x, edge_index)
         if self.residual:
-            out = out[:n_out] + self.res[i](h)[:n_out]
+            r = x if x is not h else dropout(h, self.dropout, self.training)
+            out = out[:n_out] + self.res[i](r)[:n_out]
         return out if n_out is None else out[:n_out]
+
+    def _input(self, i: int, h: Tensor) -> Tensor:
+        """What layer ``i`` is given: ``h`` after dropout, or ``h`` itself for a layer
+        that drops its input per head (``input_dropout > 0``)."""
+        if getattr(self.layers[i], "input_dropout", 0.0) > 0:
+            return h
+        return dropout(h, self.dropout, self.training)
 
     def _run(self, h: Tensor, edge_index: Tensor, hops: Hops | None, upto: int) -> Tensor:
         r"""Layers ``0..upto-1``. For a sampled batch (``hops`` = nodes and edges per hop,
