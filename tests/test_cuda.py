@@ -13,7 +13,7 @@ from torch_geometric.nn import GATConv, GATv2Conv
 
 from gnn_attn.models import GAT, GCN, MLP
 from gnn_attn.models.gat_conv import FusedGATConv
-from gnn_attn.models.sparse import dropout
+from gnn_attn.models.sparse import dropout, project_per_head
 from tests.conftest import read_metrics, run_cli, train_overrides
 from tests.models.test_fast_paths import random_graph
 
@@ -101,3 +101,24 @@ def test_train_and_eval_on_gpu(tmp_path, cache_dir, loader: str) -> None:
     reproduced = json.loads((ev / "eval_metrics.json").read_text())["test/acc"]
     # CUDA's index_add/scatter use atomics (sums in any order): allow 2 of 1000 test nodes
     assert abs(reproduced - m["test/acc"]) <= 0.002
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_per_head_input_dropout_on_cuda(version: str) -> None:
+    """The per-head path (CSR head copies, v2's per-head weight layout) on the device: a
+    dropout that drops nothing keeps outputs and gradients; real dropout draws
+    independent masks per head."""
+    torch.manual_seed(0)
+    x, edge_index = random_graph(n=300, f=50, e=2000)
+    x, edge_index = x.to(CUDA).to_sparse_csr(), edge_index.to(CUDA)
+    plain = FusedGATConv(50, 6, heads=4, version=version).to(CUDA)
+    per_head = FusedGATConv(50, 6, heads=4, version=version, input_dropout=1e-9).to(CUDA)
+    per_head.load_state_dict(plain.state_dict())
+    out_plain, out_head = plain(x, edge_index), per_head(x, edge_index)
+    assert torch.allclose(out_head, out_plain, atol=1e-5)
+    out_plain.square().sum().backward()
+    out_head.square().sum().backward()
+    assert torch.allclose(per_head.weight.grad, plain.weight.grad, atol=1e-4)
+    ones = torch.ones(4000, 1, device=CUDA).to_sparse_csr()
+    kept = project_per_head(ones, torch.ones(1, 4, 1, device=CUDA), 4, 0.5, True) != 0
+    assert abs(float((kept[:, 0] & kept[:, 1]).float().mean()) - 0.25) < 0.03

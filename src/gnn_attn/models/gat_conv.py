@@ -289,6 +289,10 @@ class FusedGATConv(nn.Module):
             self.att = nn.Parameter(torch.empty(1, heads, out_channels))
             self.lin_bias = nn.Parameter(torch.empty(2 * hc))
         self.bias = nn.Parameter(torch.empty(hc if concat else out_channels))
+        # head_mask[i, 0, k] = 1 where feature i (of H·C) belongs to head k (see _blocks)
+        head_of = torch.arange(hc) // out_channels
+        mask = (head_of.view(hc, 1, 1) == torch.arange(heads).view(1, 1, heads)).float()
+        self.register_buffer("head_mask", mask, persistent=False)
         self._graphs: GraphCache[AttentionGraph] = GraphCache()
         self.reset_parameters()
 
@@ -355,11 +359,15 @@ class FusedGATConv(nn.Module):
             edge_index, (num_nodes, num_dst), lambda: AttentionGraph(edge_index, num_nodes, num_dst)
         )
 
-    @staticmethod
-    def _blocks(att: Tensor) -> Tensor:
-        """:math:`(1, H, C)` → block-diagonal :math:`(HC, H)`: ``z @ blocks`` sums each
-        head's :math:`C` features weighted by its attention vector."""
-        return torch.block_diag(*att[0].unsqueeze(-1))
+    def _blocks(self, *atts: Tensor) -> Tensor:
+        """Attention vectors :math:`(1, H, C)` each → block-diagonal :math:`(HC, AH)`
+        (one :math:`(HC, H)` block per vector): ``z @ blocks`` sums each head's :math:`C`
+        features weighted by its attention vector. One product with a constant head mask
+        (two kernels forward and backward, where ``torch.block_diag`` launches one copy
+        per head: it matters where kernel launches dominate, as on a GPU)."""
+        hc = self.heads * self.out_channels
+        a = atts[0].reshape(hc, 1) if len(atts) == 1 else torch.stack(atts, -1).reshape(hc, -1)
+        return (a.unsqueeze(-1) * self.head_mask).reshape(hc, -1)
 
     def _project(self, x: Tensor) -> Tensor:
         r""":math:`\mathbf{x}\mathbf{W}` :math:`(N, n_{proj} HC)`, with ``input_dropout``
@@ -381,7 +389,7 @@ class FusedGATConv(nn.Module):
         n, h, c = x.size(0), self.heads, self.out_channels
         proj = self._project(x)
         if self.version == "v1":
-            logits = proj @ torch.cat([self._blocks(self.att_src), self._blocks(self.att_dst)], 1)
+            logits = proj @ self._blocks(self.att_src, self.att_dst)
             e = logits[:, :h].index_select(0, g.src) + logits[:, h:].index_select(0, g.dst)
             return F.leaky_relu(e, self.negative_slope), proj.view(n, h, c)
         proj = proj + self.lin_bias

@@ -55,9 +55,9 @@ class NodeClassifier(L.LightningModule):
         optimizer: a callable ``optimizer(params) -> torch.optim.Optimizer`` (``_partial_``).
         in_channels: input features :math:`F`.
         num_classes: classes :math:`C`.
-        weight_decay_on: which parameters the optimizer's weight decay applies to: ``all``;
-            ``weights`` (not biases, as in the official GAT code); ``first_layer`` (as in
-            the GCN paper).
+        weight_decay_on: which parameters the optimizer's weight decay applies to: ``all``
+            (what the official GAT code does); ``weights`` (not biases); ``first_layer``
+            (as in the GCN paper).
     """
 
     def __init__(
