@@ -213,3 +213,21 @@ def test_resume_is_exact(tmp_path: Path, cache_dir: Path) -> None:
     a, b = read_metrics(whole), read_metrics(resumed)
     for key in ("test/acc", "val/acc", "val/acc_best", "best_epoch", "epochs"):
         assert a[key] == b[key], key
+
+
+def test_misspelt_key_in_a_sweep_is_one_line_before_any_job(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "train.py",
+        "-m",
+        f"hydra.sweep.dir={sweep}",
+        "model=gat,gatv2",
+        "seed=range(2)",
+        "trainer.max_epoch=5",
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("Error: Could not override 'trainer.max_epoch'"), lines
+    assert "Traceback" not in proc.stderr
+    assert not sweep.exists()  # no job started

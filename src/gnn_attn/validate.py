@@ -139,25 +139,48 @@ def check_choices(argv: list[str], conf_dir: Path) -> None:
 
 
 def check_composes(argv: list[str], conf_dir: Path) -> None:
-    """For a single run: compose the config with Hydra's compose API first, so that a
-    misspelt key (``trainer.max_epoch=5``) or a bad value type is one ``Error:`` line with
-    exit 2 instead of Hydra's multi-line report. Sweeps (``-m``, comma lists) and
-    ``hydra.*``/``--`` flags are left to Hydra."""
-    if any(a in ("-m", "--multirun") or a.startswith("-") for a in argv):
-        return
-    overrides = [a for a in argv if "=" in a and not a.lstrip("+~").startswith("hydra")]
-    if any("," in a.partition("=")[2] for a in overrides):
+    """Compose the config with Hydra's compose API before Hydra runs, so that a misspelt
+    key (``trainer.max_epoch=5``) or a bad value type is one ``Error:`` line with exit 2
+    instead of Hydra's multi-line report. A sweep (``-m``) is checked on its first job
+    (the first value of every list or range); interval sweeps, globs and ``hydra.*``
+    overrides are left to Hydra, as are runs with other flags (``--cfg``, ...)."""
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
         return
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
+        overrides = _first_job([a for a in argv if not a.startswith("-")])
         with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
             compose("train", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
         text = " ".join(str(err).split())
         _fail(f"{text[:300]}; check the spelling (python train.py --cfg job lists the keys)")
+
+
+def _first_job(overrides: list[str]) -> list[str]:
+    """The overrides of a sweep's first job: each list/range sweep replaced by its first
+    value; ``hydra`` overrides and sweeps that cannot be enumerated here dropped."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    first: list[str] = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if o.is_hydra_override():
+            continue
+        if not o.is_sweep_override():
+            first.append(o.input_line)
+            continue
+        if not o.is_discrete_sweep():
+            continue
+        try:
+            value = next(iter(o.sweep_string_iterator()), None)
+        except HydraException:  # a glob needs Hydra's config loader
+            continue
+        if value is not None:
+            first.append(f"{o.get_key_element()}={value}")
+    return first
 
 
 def _fail(message: str) -> None:
