@@ -11,11 +11,10 @@ import pytest
 import torch
 from torch_geometric.nn import GATConv, GATv2Conv
 
-from gnn_attn.models import GAT, GCN, MLP
 from gnn_attn.models.gat_conv import FusedGATConv
 from gnn_attn.models.sparse import dropout, project_per_head
 from tests.conftest import read_metrics, run_cli, train_overrides
-from tests.models.test_fast_paths import random_graph
+from tests.models.test_fast_paths import BACKBONES, assert_same_gradients, random_graph
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)"
@@ -38,23 +37,10 @@ def test_fused_layer_equals_pyg_on_cuda(version: str, sparse: bool) -> None:
     out_fused = fused(x.to_sparse_csr() if sparse else x, edge_index)
     assert out_fused.device.type == "cuda"
     assert torch.allclose(out_fused, out_ref, atol=1e-5)
-    weights = torch.randn_like(out_ref)
-    (out_ref * weights).sum().backward()
-    (out_fused * weights).sum().backward()
-    ours = fused.pyg_grads()
-    for name, p in ref.named_parameters():
-        assert torch.allclose(ours[name], p.grad, atol=1e-4), name
+    assert_same_gradients(ref, out_ref, fused, out_fused, atol=1e-4)
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda: MLP(30, 4, hidden_channels=16),
-        lambda: GCN(30, 4, hidden_channels=16),
-        lambda: GAT(30, 4, heads=4, version="v1"),
-        lambda: GAT(30, 4, heads=4, version="v2"),
-    ],
-)
+@pytest.mark.parametrize("make", BACKBONES[:4])  # fused GAT, GCN, MLP
 def test_backbones_take_csr_on_cuda(make) -> None:
     torch.manual_seed(0)
     x, edge_index = random_graph()

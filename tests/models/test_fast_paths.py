@@ -44,26 +44,32 @@ def test_fused_layer_equals_pyg(version: str, heads: int, concat: bool) -> None:
     e1, a1 = by_edge(ei_ref, a_ref)
     e2, a2 = by_edge(ei_fused, a_fused)
     assert torch.equal(e1, e2) and torch.allclose(a1, a2, atol=1e-6)
-    # gradients of every parameter and of the input
+    assert_same_gradients(ref, out_ref, fused, out_fused, atol=1e-5)
+    assert torch.allclose(x_fused.grad, x_ref.grad, atol=1e-5)
+
+
+def assert_same_gradients(ref, out_ref, fused, out_fused, atol: float) -> None:
+    """Backpropagate the same random weighting of both outputs; every parameter of PyG's
+    layer ``ref`` gets the gradient of the matching parameter of ``fused``."""
     weights = torch.randn_like(out_ref)
     (out_ref * weights).sum().backward()
     (out_fused * weights).sum().backward()
     ours = fused.pyg_grads()
     for name, p in ref.named_parameters():
-        assert torch.allclose(ours[name], p.grad, atol=1e-5), name
-    assert torch.allclose(x_fused.grad, x_ref.grad, atol=1e-5)
+        assert torch.allclose(ours[name], p.grad, atol=atol), name
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda: MLP(30, 4, hidden_channels=16),
-        lambda: GCN(30, 4, hidden_channels=16),
-        lambda: GAT(30, 4, heads=4, version="v1"),
-        lambda: GAT(30, 4, heads=4, version="v2"),
-        lambda: GAT(30, 4, heads=4, version="v2", impl="pyg"),
-    ],
-)
+# small backbones on random_graph()'s 30 features, 4 classes
+BACKBONES = [
+    lambda: MLP(30, 4, hidden_channels=16),
+    lambda: GCN(30, 4, hidden_channels=16),
+    lambda: GAT(30, 4, heads=4, version="v1"),
+    lambda: GAT(30, 4, heads=4, version="v2"),
+    lambda: GAT(30, 4, heads=4, version="v2", impl="pyg"),
+]
+
+
+@pytest.mark.parametrize("make", BACKBONES)
 def test_sparse_and_dense_inputs_give_the_same_logits(make) -> None:
     torch.manual_seed(0)
     x, edge_index = random_graph()
