@@ -85,7 +85,7 @@ class AttentionAnalysis(PictureCallback):
             ratio = ent[has_nbrs] / uniform[has_nbrs].unsqueeze(1)
             self.summary[f"attention/entropy_ratio_l{i}"] = round(float(ratio.mean()), 4)
         name = getattr(trainer.datamodule, "name", "graph")
-        title = f"{getattr(pl_module.net, 'version', '')} {type(pl_module.net).__name__} on {name}"
+        title = f"{self.model_name(pl_module)} on {name}"
         p1 = self._entropy_figure(entropies, uniform, title)
         p2 = self._node_figure(layers[0], data, deg, title)
         self.publish(trainer, {"attention_entropy": p1, "attention_node": p2})

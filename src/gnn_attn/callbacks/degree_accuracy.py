@@ -68,7 +68,7 @@ class DegreeAccuracy(PictureCallback):
             )
         ax.axhline(100 * overall, ls="--", color="gray", label=f"all test nodes {overall:.1%}")
         name = getattr(trainer.datamodule, "name", "graph")
-        ax.set_title(f"Test accuracy by node degree — {type(pl_module.net).__name__} on {name}")
+        ax.set_title(f"Test accuracy by node degree — {self.model_name(pl_module)} on {name}")
         ax.set_xlabel("node degree (neighbours)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_ylim(0, 105)

@@ -90,7 +90,7 @@ class TSNEPlot(PictureCallback):
             ax.scatter(*xy[rest].T, s=3, alpha=0.25, color=cmap(c % 10))
             ax.scatter(*xy[mark].T, s=9, alpha=0.9, color=cmap(c % 10), label=f"class {c}")
         name = getattr(trainer.datamodule, "name", "graph")
-        model = type(pl_module.net).__name__
+        model = self.model_name(pl_module)
         stage = "random weights" if when == "before" else "best-validation checkpoint"
         ax.set_title(
             f"t-SNE of {model} embeddings on {name}, {stage}\n"
