@@ -28,7 +28,7 @@ test: install
 bench: install
 	$(BIN)/python -m gnn_attn.bench $(ARGS)
 
-# Full-batch vs mini-batch GAT on synthetic graphs of 10k, 100k, 1M nodes (~10 min).
+# Full-batch vs mini-batch GAT on synthetic graphs of 10k, 100k, 1M, 3M nodes (~6 min).
 bench-scale: install
 	$(BIN)/python -m gnn_attn.bench_scale $(ARGS)
 
