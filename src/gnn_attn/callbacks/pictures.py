@@ -39,10 +39,9 @@ class PictureCallback(Callback):
 
     @staticmethod
     def model_name(pl_module: L.LightningModule) -> str:
-        """The backbone's name for titles: ``GATv2`` for a GAT of version v2."""
+        """The backbone's name for titles (``GATv2`` for a GAT of version v2)."""
         net = pl_module.net
-        name = type(net).__name__
-        return f"{name}v2" if getattr(net, "version", None) == "v2" else name
+        return getattr(net, "display_name", type(net).__name__)
 
     @staticmethod
     def graph(trainer: L.Trainer, pl_module: L.LightningModule) -> Data:

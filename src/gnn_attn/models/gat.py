@@ -10,7 +10,7 @@ from torch_geometric.nn import GATConv, GATv2Conv
 
 from gnn_attn.errors import UserError
 from gnn_attn.models.gat_conv import FusedGATConv
-from gnn_attn.models.sparse import dropout, sparse_aware
+from gnn_attn.models.sparse import sparse_aware
 from gnn_attn.models.stack import LayerStack, _check_positive, per_layer
 
 VERSIONS = {"v1": GATConv, "v2": GATv2Conv}
@@ -137,6 +137,10 @@ class GAT(LayerStack):
             self.dims.append(d_out * h if c else d_out)
         self._finish()
 
+    @property
+    def display_name(self) -> str:
+        return "GATv2" if self.version == "v2" else "GAT"
+
     @torch.no_grad()
     def attention(self, x: Tensor, edge_index: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Attention coefficients of every layer, from a forward pass in the current mode.
@@ -148,11 +152,10 @@ class GAT(LayerStack):
         out: list[tuple[Tensor, Tensor]] = []
         h = x
         for i, layer in enumerate(self.layers):
-            h_in = self._input(i, h)
+            h_prev, h_in = h, self._input(i, h)
             h, (ei, alpha) = layer(h_in, edge_index, return_attention_weights=True)
             if self.residual:
-                r = h_in if h_in is not h else dropout(h, self.dropout, self.training)
-                h = h + self.res[i](r)
+                h = h + self.res[i](self._residual_input(h_prev, h_in))
             if i < len(self.layers) - 1:
                 h = self.act(h)
             out.append((ei, alpha))

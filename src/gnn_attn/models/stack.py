@@ -108,8 +108,7 @@ class LayerStack(nn.Module):
         else:
             out = layer(x, edge_index)
         if self.residual:
-            r = x if x is not h else dropout(h, self.dropout, self.training)
-            out = out[:n_out] + self.res[i](r)[:n_out]
+            out = out[:n_out] + self.res[i](self._residual_input(h, x))[:n_out]
         return out if n_out is None else out[:n_out]
 
     def _input(self, i: int, h: Tensor) -> Tensor:
@@ -118,6 +117,11 @@ class LayerStack(nn.Module):
         if getattr(self.layers[i], "input_dropout", 0.0) > 0:
             return h
         return dropout(h, self.dropout, self.training)
+
+    def _residual_input(self, h: Tensor, x: Tensor) -> Tensor:
+        """The residual branch's input: the layer's dropped-out input ``x``, or a dropout
+        of ``h`` of its own where the layer was given ``h`` itself (see :meth:`_input`)."""
+        return x if x is not h else dropout(h, self.dropout, self.training)
 
     def _run(self, h: Tensor, edge_index: Tensor, hops: Hops | None, upto: int) -> Tensor:
         r"""Layers ``0..upto-1``. For a sampled batch (``hops`` = nodes and edges per hop,
@@ -152,6 +156,11 @@ class LayerStack(nn.Module):
     def receptive_hops(self) -> int:
         """How many hops of neighbours a node's output depends on (0 for an MLP)."""
         return len(self.layers) if self.graph_layers else 0
+
+    @property
+    def display_name(self) -> str:
+        """The backbone's name for titles and reports."""
+        return type(self).__name__
 
     @property
     def first_layer(self) -> nn.Module:
