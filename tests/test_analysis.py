@@ -7,12 +7,13 @@ import math
 import torch
 
 from gnn_attn.analysis.graph import (
+    attended_degree,
     attention_entropy,
     degree_buckets,
-    node_degree,
     self_attention_share,
     uniform_entropy,
 )
+from gnn_attn.data import node_degree
 
 
 def star() -> torch.Tensor:
@@ -46,10 +47,22 @@ def test_uniform_attention_has_uniform_entropy() -> None:
     sums = torch.zeros(n, 2).index_add_(0, ei[1], alpha)
     assert torch.allclose(sums, torch.ones(n, 2))  # attention per node sums to 1 per head
     ent = attention_entropy(ei, alpha, n)
-    deg = torch.tensor([3, 1, 1, 1, 0])
-    assert torch.allclose(ent[:, 0], uniform_entropy(deg), atol=1e-6)
-    assert math.isclose(float(uniform_entropy(deg)[0]), math.log(4), rel_tol=1e-6)
+    attended = attended_degree(ei, n)
+    assert attended.tolist() == [4, 2, 2, 2, 1]  # neighbours + self-loop
+    assert torch.allclose(ent[:, 0], uniform_entropy(attended), atol=1e-6)
+    assert math.isclose(float(uniform_entropy(attended)[0]), math.log(4), rel_tol=1e-6)
     assert float(ent[4, 1]) == 0.0  # an isolated node attends only to itself
+
+
+def test_uniform_attention_without_self_loops_is_uniform() -> None:
+    """The baseline counts the edges actually attended: a layer without self-loops that
+    attends uniformly reads as uniform (ratio 1), and has no self share (not NaN)."""
+    ei = torch.tensor([[1, 2, 3, 0, 0, 0], [0, 0, 0, 1, 2, 3]])
+    alpha = (1.0 / torch.bincount(ei[1], minlength=4).float()[ei[1]]).unsqueeze(1)
+    ent = attention_entropy(ei, alpha, 4)
+    uniform = uniform_entropy(attended_degree(ei, 4))
+    assert math.isclose(float(ent[0, 0] / uniform[0]), 1.0, rel_tol=1e-6)
+    assert self_attention_share(ei, alpha) is None
 
 
 def test_peaked_attention_has_zero_entropy_and_self_share() -> None:

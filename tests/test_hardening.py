@@ -12,47 +12,86 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 from gnn_attn.data import PlanetoidDataModule
-from gnn_attn.errors import UserError
-from tests.conftest import ROOT, read_metrics, run_cli, train_overrides
+from gnn_attn.errors import UserError, exits_cleanly
+from gnn_attn.run.entry import check_command_line, run_task
+from gnn_attn.run.train import train
+from tests.conftest import CONF, ROOT, read_metrics, run_cli, train_overrides
 
 DATA = ROOT / "data" / "planetoid"
+
+
+# (overrides, the start of the one line). The first group fails when the command line
+# composes (Hydra/OmegaConf), the second when the config is built (the constructors'
+# own checks, in config words), the last one during the run.
+BAD_INPUT = [
+    (["model=transformer"], "Error: unknown model 'transformer'; choose one of gat, gatv2"),
+    (["data=reddit"], "Error: unknown data 'reddit'; choose one of citeseer, cora"),
+    (["model=gcn", "model.heads=4"], "Error: Could not override 'model.heads'"),
+    (["trainer.max_epoch=5"], "Error: Could not override 'trainer.max_epoch'"),
+    (["seed=abc"], "Error: seed: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["threads=two"], "Error: threads: Value 'two'"),
+    (["hydra.run.dir=/proc/nope/run"], "Error: cannot write the output dir /proc/nope/run"),
+    (["model.heads=0"], "Error: model.heads must be an integer ≥ 1 (got 0)"),
+    (["model.hidden_channels=0"], "Error: model.hidden_channels must be an integer ≥ 1 (got 0)"),
+    (["model.num_layers=0"], "Error: model.num_layers must be an integer ≥ 1 (got 0)"),
+    (["model.dropout=1.0"], "Error: model.dropout must be in [0, 1) (got 1.0)"),
+    (["model.lr=0"], "Error: model.lr must be > 0 (got 0"),
+    (["model.lr=fast"], "Error: model.lr: Value 'fast' of type 'str' could not be converted"),
+    (["model.weight_decay=-1"], "Error: model.weight_decay must be ≥ 0 (got -1"),
+    (["model.weight_decay_on=bias"], "Error: model.weight_decay_on must be one of all, weights"),
+    (["model.version=v3"], "Error: model.version 'v3' is unknown; choose v1 or v2"),
+    (["model._target_=nowhere.Net"], "Error: model._target_ 'nowhere.Net' cannot be imported"),
+    (["+model.heds=4"], "Error: model.heds is not an argument of gnn_attn.models.GAT"),
+    (["early_stopping.patience=-1"], "Error: early_stopping.patience must be ≥ 0"),
+    (["ckpt_path=/nonexistent/last.ckpt"], "Error: checkpoint not found"),
+    (["model.dropout_per_head=maybe"], "Error: model.dropout_per_head must be true or false"),
+    (
+        ["model.impl=pyg", "model.feat_dropout=0", "model.dropout_per_head=true"],
+        "Error: model.dropout_per_head needs impl=fused",
+    ),
+    (["trainer=ddp_cpu"], "Error: trainer=ddp with 2 processes needs mini-batches"),
+    (
+        ["model=gat", "data.loader=neighbor", "data.num_neighbors=[5,5,5]"],
+        "Error: data.num_neighbors has 3 entries but the model has 2 layers",
+    ),
+    (["data.loader=sampled"], "Error: data.loader 'sampled' is unknown; choose full or neighbor"),
+    (["data=synthetic", "data.homophily=2"], "Error: data.homophily must be in [0, 1]"),
+    (["trainer.max_epochs=0"], "Error: training ran no validation epoch"),
+    # a real allocation failure: a model far too wide for memory
+    (["model=gat", "model.hidden_channels=1000000000"], "Error: out of memory (could not allocate"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_INPUT)
+def test_bad_input_is_one_line_exit_2(tmp_path: Path, capsys, overrides, message: str) -> None:
+    """The entry wrapper in-process, as ``train.py`` runs it: first the command line
+    composes (:func:`check_command_line`), then the task runs (:func:`run_task`)."""
+    out = tmp_path / "out"
+    args = [*train_overrides(out, tmp_path / "c", *overrides), f"paths.output_dir={out}"]
+    with pytest.raises(SystemExit) as exit_info:
+        with exits_cleanly():
+            check_command_line(args, "train")
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("train", overrides=args)
+        run_task(train, cfg)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith(message), lines
+    assert "Traceback" not in "\n".join(lines)
+    assert not (out / "metrics.json").exists()
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model=transformer"], "Error: unknown model 'transformer'; choose one of gat, gatv2"),
-        (["data=reddit"], "Error: unknown data 'reddit'; choose one of citeseer, cora"),
-        (["model.heads=0"], "Error: model.heads must be ≥ 1 (got 0)"),
-        (["model.hidden=0"], "Error: model.hidden must be ≥ 1 (got 0)"),
-        (["model.layers=0"], "Error: model.layers must be ≥ 1 (got 0)"),
-        (["model.dropout=1.0"], "Error: model.dropout must be in [0, 1) (got 1.0)"),
-        (["model.lr=0"], "Error: model.lr must be > 0 (got 0)"),
-        (["model.weight_decay=-1"], "Error: model.weight_decay must be ≥ 0 (got -1)"),
-        (["trainer.max_epochs=0"], "Error: trainer.max_epochs must be ≥ 1 (got 0)"),
-        (["early_stopping.patience=-1"], "Error: early_stopping.patience must be ≥ 0"),
-        (["model=gcn", "model.heads=4"], "Error: model.heads does not apply to model=gcn"),
-        (["ckpt_path=/nonexistent/last.ckpt"], "Error: checkpoint not found"),
-        (["trainer.max_epoch=5"], "Error: Could not override 'trainer.max_epoch'"),
-        (["seed=abc"], "Error: seed must be an integer (got 'abc')"),
-        (["model.dropout_per_head=maybe"], "Error: model.dropout_per_head must be true or false"),
-        (
-            ["model.impl=pyg", "model.feat_dropout=0", "model.dropout_per_head=true"],
-            "Error: model.dropout_per_head needs model.impl=fused",
-        ),
-        (["trainer=ddp_cpu"], "Error: trainer=ddp with 2 processes needs mini-batches"),
-        (
-            ["model=gat", "data.loader=neighbor", "data.num_neighbors=[5,5,5]"],
-            "Error: data.num_neighbors has 3 entries but model.layers=2",
-        ),
-        (["data=synthetic", "data.homophily=2"], "Error: data.homophily must be in [0, 1]"),
-        # a real allocation failure: a model far too wide for memory
-        (["model=gat", "model.hidden=1000000000"], "Error: out of memory (could not allocate"),
+        (["data=reddit"], "Error: unknown data 'reddit'"),
+        (["model.heads=0"], "Error: model.heads must be an integer ≥ 1 (got 0)"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(tmp_path: Path, overrides, message: str) -> None:
+def test_bad_input_through_the_cli(tmp_path: Path, overrides, message: str) -> None:
     out = tmp_path / "out"
     proc = run_cli("train.py", *train_overrides(out, tmp_path / "c", *overrides), check=False)
     assert proc.returncode == 2, proc.stderr
@@ -60,6 +99,13 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, overrides, message: str) -
     assert lines[-1].startswith(message), lines
     assert "Traceback" not in proc.stderr
     assert not (out / "metrics.json").exists()
+
+
+def test_eval_without_a_checkpoint_is_one_line(tmp_path: Path) -> None:
+    proc = run_cli("eval.py", f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("Error: ckpt_path: Missing mandatory")
+    assert "Traceback" not in proc.stderr
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path: Path, cache_dir: Path) -> None:

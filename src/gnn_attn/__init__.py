@@ -1,7 +1,7 @@
 """gnn-attn: a Lightning + Hydra template for graph attention networks."""
 
-from gnn_attn.config import register_resolvers
+from gnn_attn.config import register
 
-register_resolvers()
+register()
 
 __version__ = "0.1.0"

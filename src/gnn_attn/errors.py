@@ -1,8 +1,17 @@
-"""User-facing errors: one line that names the problem and the fix, exit status 2."""
+"""User-facing errors: one line that names the problem and the fix, exit status 2.
+
+The lowest layer of the package: every entry point (``train.py`` and ``eval.py``
+through :mod:`gnn_attn.run.entry`, the aggregator, the benchmarks) ends in
+:func:`exits_cleanly`, which turns a :class:`UserError` into that line.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class UserError(Exception):
@@ -13,6 +22,25 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+@contextmanager
+def exits_cleanly() -> Iterator[None]:
+    """Run the body of an entry point: a :class:`UserError` becomes ``Error: <message>``
+    on stderr and its exit status (2), Ctrl-C one line and status 130; no traceback
+    (``HYDRA_FULL_ERROR=1`` shows it)."""
+    try:
+        yield
+    except UserError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"Error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print("Interrupted (Ctrl-C).", file=sys.stderr)
+        sys.exit(130)
 
 
 class TrainingDiverged(UserError):

@@ -62,10 +62,16 @@ def test_graph_moves_to_device_once(cache_dir: Path) -> None:
     cpu = torch.device("cpu")
     first = dm.transfer_batch_to_device(dm.data, cpu, 0)
     assert dm.transfer_batch_to_device(dm.data, cpu, 0) is first
+    dm.serve_receptive_fields(2)  # each split's field is built once and moved once
+    (field,) = list(dm.train_dataloader())
+    assert field.batch_size == int(dm.data.train_mask.sum())
+    assert field is next(iter(dm.train_dataloader()))
+    moved = dm.transfer_batch_to_device(field, cpu, 0)
+    assert dm.transfer_batch_to_device(field, cpu, 0) is moved
 
 
-def test_unknown_dataset_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="unknown dataset 'reddit'"):
+def test_unknown_dataset_is_named() -> None:
+    with pytest.raises(ValueError, match="name 'reddit' is unknown"):
         PlanetoidDataModule("reddit")
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from gnn_attn.data import PlanetoidDataModule
-from gnn_attn.data.sampler import NeighborBatches, NeighborSampler, gather_rows
+from gnn_attn.data.sampler import NeighborBatches, NeighborSampler, gather_rows, receptive_field
 from gnn_attn.models import GAT, MLP
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "planetoid"
@@ -118,7 +118,7 @@ def test_layer_trimming_keeps_the_seeds_logits(cora, make) -> None:
     x = gather_rows(cora.x, n_id)
     with torch.no_grad():
         whole = net(x, ei)[: seeds.numel()]
-        trimmed = net(x, ei, (nodes, edges))
+        trimmed = net(x, ei, num_sampled_nodes_per_hop=nodes, num_sampled_edges_per_hop=edges)
     assert trimmed.size(0) == seeds.numel()
     torch.testing.assert_close(trimmed, whole, atol=1e-5, rtol=1e-5)
 
@@ -127,8 +127,6 @@ def test_layer_trimming_keeps_the_seeds_logits(cora, make) -> None:
 def test_receptive_field_gives_the_whole_graph_loss_and_gradients(cora, version: str) -> None:
     """Full-batch GAT trains on the training nodes' receptive field: same loss, same
     gradient for every parameter as on the whole graph."""
-    from gnn_attn.data.sampler import receptive_field
-
     torch.manual_seed(0)
     kw = dict(version=version, dropout=0.0, attn_dropout=0.0, feat_dropout=0.0)
     whole, field = GAT(cora.x.size(1), 7, **kw), GAT(cora.x.size(1), 7, **kw)
@@ -137,8 +135,13 @@ def test_receptive_field_gives_the_whole_graph_loss_and_gradients(cora, version:
     batch = receptive_field(cora, seeds, whole.receptive_hops)
     assert batch.num_nodes < cora.num_nodes  # less work
     loss_whole = F.cross_entropy(whole(cora.x, cora.edge_index)[seeds], cora.y[seeds])
-    hops = (batch.num_sampled_nodes, batch.num_sampled_edges)
-    loss_field = F.cross_entropy(field(batch.x, batch.edge_index, hops), batch.y[: seeds.numel()])
+    logits = field(
+        batch.x,
+        batch.edge_index,
+        num_sampled_nodes_per_hop=batch.num_sampled_nodes,
+        num_sampled_edges_per_hop=batch.num_sampled_edges,
+    )
+    loss_field = F.cross_entropy(logits, batch.y[: seeds.numel()])
     torch.testing.assert_close(loss_field, loss_whole)
     loss_whole.backward()
     loss_field.backward()

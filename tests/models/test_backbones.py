@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch_geometric.utils import scatter
 
-from gnn_attn.errors import UserError
 from gnn_attn.models import GAT, GCN, MLP
 
 N, F, C = 12, 5, 3
@@ -49,7 +48,7 @@ def test_attention_sums_to_one_per_node_and_head(graph) -> None:
     x, edge_index = graph
     for version in ("v1", "v2"):
         net = GAT(F, C, heads=4, out_heads=2, version=version).eval()
-        layers = net.attention(x, edge_index)
+        _, layers = net(x, edge_index, return_attention=True)
         assert len(layers) == 2
         for (ei, alpha), heads in zip(layers, (4, 2), strict=True):
             assert ei.size(1) == edge_index.size(1) + N  # self-loops added
@@ -58,22 +57,25 @@ def test_attention_sums_to_one_per_node_and_head(graph) -> None:
             assert torch.allclose(sums, torch.ones(N, heads), atol=1e-5)
 
 
-def test_attention_forward_matches_forward(graph) -> None:
+def test_attention_comes_from_the_same_forward(graph) -> None:
     x, edge_index = graph
     net = GAT(F, C, heads=2, residual=True).eval()
-    assert net(x, edge_index).shape == (N, C)
-    # the attention pass is the same computation as forward, layer by layer
-    assert len(net.attention(x, edge_index)) == len(net.layers)
+    logits, layers = net(x, edge_index, return_attention=True)
+    assert torch.equal(logits, net(x, edge_index))  # one loop: the same computation
+    assert len(layers) == len(net.layers)
 
 
-def test_bad_hyperparameters_are_user_errors() -> None:
-    with pytest.raises(UserError, match=r"model.heads must be ≥ 1 \(got 0\)"):
+def test_bad_hyperparameters_are_value_errors_naming_the_argument() -> None:
+    """Constructors speak of their own arguments; the run names the config key."""
+    with pytest.raises(ValueError, match=r"^heads must be an integer ≥ 1 \(got 0\)"):
         GAT(F, C, heads=0)
-    with pytest.raises(UserError, match="3 hidden layers"):
+    with pytest.raises(ValueError, match="^heads has 2 entries .* 3 hidden layers"):
         GAT(F, C, num_layers=4, heads=[1, 2])
-    with pytest.raises(UserError, match="attention version"):
+    with pytest.raises(ValueError, match="^version 'v3' is unknown"):
         GAT(F, C, version="v3")
-    with pytest.raises(UserError, match="activation"):
+    with pytest.raises(ValueError, match="^activation 'nope' is unknown"):
         GCN(F, C, activation="nope")
-    with pytest.raises(UserError, match=r"model.hidden must be ≥ 1"):
+    with pytest.raises(ValueError, match=r"^hidden_channels must be an integer ≥ 1"):
         MLP(F, C, hidden_channels=0)
+    with pytest.raises(TypeError, match=r"^residual must be true or false"):
+        MLP(F, C, residual="yes")

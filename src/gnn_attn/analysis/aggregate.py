@@ -23,10 +23,10 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from gnn_attn.sweep import Job, find_jobs
+from gnn_attn.analysis.jobs import Job, find_jobs
+from gnn_attn.errors import UserError, exits_cleanly
 
 METRICS = ("test/acc", "val/acc_best", "epochs", "fit_seconds")
-MODEL_ORDER = ("mlp", "gcn", "gat", "gatv2")
 
 
 def _split(override: str) -> tuple[str, str]:
@@ -48,10 +48,10 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
     """Group the jobs of ``sweep_dir``; write results.{csv,md,png}; return the summary."""
     sweep = Path(sweep_dir)
     if not sweep.is_dir():
-        raise SystemExit(f"Error: sweep dir not found: {sweep}; pass multirun/<date>/<time>")
+        raise UserError(f"sweep dir not found: {sweep}; pass multirun/<date>/<time>")
     jobs = find_jobs(sweep)
     if not jobs:
-        raise SystemExit(f"Error: no Hydra jobs (*/.hydra/overrides.yaml) under {sweep}")
+        raise UserError(f"no Hydra jobs (*/.hydra/overrides.yaml) under {sweep}")
     groups: OrderedDict[tuple[str, ...], list[Job]] = OrderedDict()
     for job in jobs:
         groups.setdefault(group_key(job), []).append(job)
@@ -60,6 +60,7 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
     for key, members in groups.items():
         done = [j for j in members if j.status == "ok"]
         row: dict[str, Any] = {
+            "order": min(j.order for j in members),
             "group": ",".join(o for o in key if o not in common) or ",".join(key) or "(all)",
             "n": len(done),
             "failed": sum(j.status == "failed" for j in members),
@@ -112,7 +113,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         )
     )
     if paper:
-        models = sorted({m for m, _ in pairs}, key=lambda m: (_order(m), m))
+        order = {r["model"]: r["order"] for r in rows}
+        models = sorted({m for m, _ in pairs}, key=lambda m: (order[m], m))
         datasets = list(OrderedDict.fromkeys(d for _, d in pairs))
         by = {(r["model"], r["data"]): r for r in rows}
         lines = ["| model | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
@@ -134,10 +136,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{r['fit_seconds_mean']:.2f} | {r['failed'] + r['unfinished']} |"
         )
     return "\n".join(lines)
-
-
-def _order(model: str | None) -> int:
-    return MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -185,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Aggregate a Hydra sweep directory.")
     parser.add_argument("sweep_dir")
     args = parser.parse_args(argv)
-    aggregate(args.sweep_dir)
+    with exits_cleanly():
+        aggregate(args.sweep_dir)
 
 
 if __name__ == "__main__":

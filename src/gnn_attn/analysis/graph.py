@@ -7,14 +7,6 @@ from torch import Tensor
 from torch_geometric.utils import degree, scatter
 
 
-def node_degree(edge_index: Tensor, num_nodes: int) -> Tensor:
-    """In-degree of every node on ``edge_index`` as stored (self-loops excluded),
-    :math:`(N,)` long. Planetoid graphs are symmetric, so this is the degree."""
-    src, dst = edge_index
-    keep = src != dst
-    return degree(dst[keep], num_nodes=num_nodes, dtype=torch.long)
-
-
 def degree_buckets(deg: Tensor, correct: Tensor, max_bucket: int) -> list[dict[str, object]]:
     """Accuracy per degree bucket ``0, 1, …, max_bucket - 1, ≥ max_bucket``.
 
@@ -59,22 +51,32 @@ def attention_entropy(edge_index: Tensor, alpha: Tensor, num_nodes: int) -> Tens
     return -scatter(plogp, edge_index[1], dim=0, dim_size=num_nodes, reduce="sum")
 
 
-def uniform_entropy(deg: Tensor) -> Tensor:
-    r""":math:`\log(d_i + 1)`: the entropy of uniform attention over :math:`d_i`
-    neighbours and the self-loop — what GCN-style averaging amounts to."""
-    return torch.log(deg.to(torch.float) + 1.0)
+def attended_degree(edge_index: Tensor, num_nodes: int) -> Tensor:
+    r""":math:`a_i`: the number of edges node :math:`i` attends over (``edge_index[1] ==
+    i``, self-loops included when the layer has them), :math:`(N,)` long."""
+    return degree(edge_index[1], num_nodes=num_nodes, dtype=torch.long)
 
 
-def self_attention_share(edge_index: Tensor, alpha: Tensor) -> Tensor:
-    """Mean attention a node gives itself (its self-loop), per head, :math:`(K,)`."""
+def uniform_entropy(attended: Tensor) -> Tensor:
+    r""":math:`\log a_i`: the entropy of uniform attention over the :math:`a_i` edges a
+    node attends over (:func:`attended_degree`; :math:`\log(d_i + 1)` for a layer that
+    adds self-loops) — what GCN-style averaging amounts to. 0 where :math:`a_i \le 1`."""
+    return torch.log(attended.to(torch.float).clamp_min(1.0))
+
+
+def self_attention_share(edge_index: Tensor, alpha: Tensor) -> Tensor | None:
+    """Mean attention a node gives itself (its self-loop), per head, :math:`(K,)`;
+    ``None`` for a layer without self-loops."""
     loops = edge_index[0] == edge_index[1]
+    if not bool(loops.any()):
+        return None
     return alpha[loops].mean(dim=0)
 
 
 __all__ = [
+    "attended_degree",
     "attention_entropy",
     "degree_buckets",
-    "node_degree",
     "self_attention_share",
     "uniform_entropy",
 ]

@@ -9,25 +9,27 @@ import numpy as np
 import torch
 
 from gnn_attn.analysis.graph import (
+    attended_degree,
     attention_entropy,
-    node_degree,
     self_attention_share,
     uniform_entropy,
 )
 from gnn_attn.callbacks.pictures import PictureCallback
+from gnn_attn.data import node_degree
 
 
 class AttentionAnalysis(PictureCallback):
-    r"""Attention of the best-validation checkpoint (GAT and GATv2; other models: one
-    message, nothing else).
+    r"""Attention of the best-validation checkpoint, for backbones with ``has_attention``
+    (GAT, GATv2; other models: one message, nothing else).
 
     - ``attention_entropy.png``: per layer and head, every node's attention entropy
       :math:`H_i = -\sum_j \alpha_{ij}\log\alpha_{ij}` against the entropy of uniform
-      attention :math:`\log(d_i + 1)` (what GCN-style averaging gives): dots on the
-      diagonal = uniform, below it = attention focused on few neighbours.
+      attention :math:`\log a_i` over the :math:`a_i` edges it actually attends over
+      (:math:`\log(d_i + 1)` for layers with self-loops; what GCN-style averaging gives):
+      dots on the diagonal = uniform, below it = attention focused on few neighbours.
     - summary: ``attention/self_share_l<l>`` (mean :math:`\alpha_{ii}` over nodes and
-      heads) and ``attention/entropy_ratio_l<l>`` (mean :math:`H_i / \log(d_i+1)` over
-      nodes with neighbours; 1 = uniform).
+      heads; only for layers with self-loops) and ``attention/entropy_ratio_l<l>`` (mean
+      :math:`H_i / \log a_i` over nodes attending over 2 edges or more; 1 = uniform).
     - ``attention_node.png``: the 1-hop neighbourhood of one node, edge width and opacity
       ∝ :math:`\alpha` (first layer, mean over heads), nodes coloured by class.
     - ``attention.pt``: every layer's ``edge_index`` :math:`(2, E')` and ``alpha``
@@ -48,7 +50,7 @@ class AttentionAnalysis(PictureCallback):
         if self._done:
             return
         self._done = True
-        if not hasattr(pl_module.net, "attention"):
+        if not getattr(pl_module.net, "has_attention", False):
             warnings.warn(
                 f"attention analysis: {type(pl_module.net).__name__} has no "
                 "attention weights; skipped",
@@ -73,24 +75,27 @@ class AttentionAnalysis(PictureCallback):
             },
             self.output_dir / "attention.pt",
         )
-        uniform = uniform_entropy(deg)
-        has_nbrs = deg > 0
-        entropies = []
+        entropies, uniforms = [], []
         for i, (ei, a) in enumerate(layers, start=1):
             ent = attention_entropy(ei, a, n)
+            attended = attended_degree(ei, n)
+            uniform = uniform_entropy(attended)
             entropies.append(ent)
-            self.summary[f"attention/self_share_l{i}"] = round(
-                float(self_attention_share(ei, a).mean()), 4
-            )
-            ratio = ent[has_nbrs] / uniform[has_nbrs].unsqueeze(1)
-            self.summary[f"attention/entropy_ratio_l{i}"] = round(float(ratio.mean()), 4)
+            uniforms.append(uniform)
+            share = self_attention_share(ei, a)
+            if share is not None:
+                self.summary[f"attention/self_share_l{i}"] = round(float(share.mean()), 4)
+            choice = attended > 1  # a single edge has entropy 0 whatever the weights
+            if bool(choice.any()):
+                ratio = ent[choice] / uniform[choice].unsqueeze(1)
+                self.summary[f"attention/entropy_ratio_l{i}"] = round(float(ratio.mean()), 4)
         name = getattr(trainer.datamodule, "name", "graph")
         title = f"{self.model_name(pl_module)} on {name}"
-        p1 = self._entropy_figure(entropies, uniform, title)
+        p1 = self._entropy_figure(entropies, uniforms, title)
         p2 = self._node_figure(layers[0], data, deg, title)
         self.publish(trainer, {"attention_entropy": p1, "attention_node": p2})
 
-    def _entropy_figure(self, entropies, uniform, title):
+    def _entropy_figure(self, entropies, uniforms, title):
         import matplotlib.pyplot as plt
 
         heads = max(e.size(1) for e in entropies)
@@ -98,10 +103,11 @@ class AttentionAnalysis(PictureCallback):
         rows_per_layer = [-(-e.size(1) // cols) for e in entropies]
         n_rows = sum(rows_per_layer)
         fig, axes = plt.subplots(n_rows, cols, squeeze=False, figsize=(3.3 * cols, 3.0 * n_rows))
-        top = float(uniform.max()) * 1.05 + 0.05
-        jitter = np.random.default_rng(0).uniform(-0.03, 0.03, size=len(uniform))
+        top = max(float(u.max()) for u in uniforms) * 1.05 + 0.05
+        jitter = np.random.default_rng(0).uniform(-0.03, 0.03, size=len(uniforms[0]))
         r0 = 0
         for li, ent in enumerate(entropies, start=1):
+            uniform = uniforms[li - 1]
             for k in range(rows_per_layer[li - 1] * cols):
                 ax = axes[r0 + k // cols][k % cols]
                 if k >= ent.size(1):
@@ -111,11 +117,11 @@ class AttentionAnalysis(PictureCallback):
                 ax.scatter(uniform.numpy() + jitter, e, s=2, alpha=0.3, color="#C44E52")
                 ax.plot([0, top], [0, top], ls="--", color="gray", lw=1, label="uniform")
                 nz = uniform.numpy() > 0
-                ratio = float(np.mean(e[nz] / uniform.numpy()[nz]))
+                ratio = float(np.mean(e[nz] / uniform.numpy()[nz])) if nz.any() else 1.0
                 ax.set_title(f"layer {li}, head {k + 1}: H/log(d+1) = {ratio:.2f}", fontsize=9)
                 ax.set_xlim(-0.1, top)
                 ax.set_ylim(-0.1, top)
-                ax.set_xlabel("uniform attention entropy log(deg+1)", fontsize=7)
+                ax.set_xlabel("uniform attention entropy log(attended edges)", fontsize=7)
                 ax.set_ylabel("attention entropy (nats)", fontsize=7)
                 ax.tick_params(labelsize=7)
             r0 += rows_per_layer[li - 1]
@@ -170,7 +176,7 @@ class AttentionAnalysis(PictureCallback):
                 )
         sm = plt.cm.ScalarMappable(cmap=ecmap, norm=plt.Normalize(0, wmax))
         fig.colorbar(
-            sm, ax=ax, shrink=0.7, label=f"attention α (uniform would be {1 / (m + 1):.2f})"
+            sm, ax=ax, shrink=0.7, label=f"attention α (uniform would be {1 / len(nbrs):.2f})"
         )
         for j, (x, yy) in pos.items():
             ax.scatter(

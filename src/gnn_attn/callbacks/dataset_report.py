@@ -7,8 +7,8 @@ import json
 import lightning as L
 import numpy as np
 
-from gnn_attn.analysis.graph import node_degree
 from gnn_attn.callbacks.pictures import PictureCallback
+from gnn_attn.data import node_degree
 
 
 class DatasetReport(PictureCallback):

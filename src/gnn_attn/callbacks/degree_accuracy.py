@@ -7,8 +7,9 @@ import csv
 import lightning as L
 import torch
 
-from gnn_attn.analysis.graph import degree_buckets, node_degree
+from gnn_attn.analysis.graph import degree_buckets
 from gnn_attn.callbacks.pictures import PictureCallback
+from gnn_attn.data import node_degree
 
 
 class DegreeAccuracy(PictureCallback):

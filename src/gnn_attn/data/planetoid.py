@@ -82,9 +82,7 @@ class PlanetoidDataModule(NodeDataModule):
         super().__init__(**loader)
         key = name.lower()
         if key not in NAMES:
-            raise UserError(
-                f"unknown dataset '{name}'; choose one of {', '.join(NAMES)} (data=cora)"
-            )
+            raise ValueError(f"name '{name}' is unknown; choose one of {', '.join(NAMES)}")
         self.name = NAMES[key]
         self.data_dir = Path(data_dir)
         self.cache_dir = Path(cache_dir)

@@ -128,8 +128,8 @@ class SyntheticDataModule(NodeDataModule):
         loader_args = inspect.signature(NodeDataModule.__init__).parameters
         unknown = sorted(set(options) - set(loader_args))
         if unknown:
-            raise UserError(
-                f"data=synthetic has no option {', '.join(unknown)}; it takes "
+            raise TypeError(
+                f"{unknown[0]} is not an option of data=synthetic; it takes "
                 f"{', '.join(k for k in generator if k != 'seed')} and the loader's options"
             )
         super().__init__(**options)
@@ -184,7 +184,7 @@ class SyntheticDataModule(NodeDataModule):
 def _check_params(p: dict[str, Any]) -> None:
     def need(ok: bool, what: str) -> None:
         if not ok:
-            raise UserError(f"data.{what}")
+            raise ValueError(what)
 
     need(isinstance(p["num_nodes"], int) and p["num_nodes"] >= 100, f"num_nodes must be ≥ 100 (got {p['num_nodes']})")
     need(p["num_classes"] >= 2, f"num_classes must be ≥ 2 (got {p['num_classes']})")

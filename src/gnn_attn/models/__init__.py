@@ -1,7 +1,18 @@
+"""Backbones (any ``nn.Module`` with ``forward(x, edge_index)``), the fused attention
+layers, and the LightningModule that trains a backbone to classify nodes."""
+
 from gnn_attn.models.gat import GAT
 from gnn_attn.models.gcn import GCN
 from gnn_attn.models.mlp import MLP
-from gnn_attn.models.module import NodeClassifier
-from gnn_attn.models.stack import LayerStack, count_parameters
+from gnn_attn.models.module import ModelSettings, NodeClassifier, count_parameters
+from gnn_attn.models.stack import LayerStack
 
-__all__ = ["GAT", "GCN", "MLP", "LayerStack", "NodeClassifier", "count_parameters"]
+__all__ = [
+    "GAT",
+    "GCN",
+    "MLP",
+    "LayerStack",
+    "ModelSettings",
+    "NodeClassifier",
+    "count_parameters",
+]

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-from torch import Tensor
 from torch_geometric.nn import GATConv, GATv2Conv
 
-from gnn_attn.errors import UserError
 from gnn_attn.models.gat_conv import FusedGATConv
 from gnn_attn.models.sparse import sparse_aware
-from gnn_attn.models.stack import LayerStack, _check_positive, per_layer
+from gnn_attn.models.stack import (
+    LayerStack,
+    check_bool,
+    check_positive,
+    check_probability,
+    per_layer,
+)
 
 VERSIONS = {"v1": GATConv, "v2": GATv2Conv}
 IMPLS = ("fused", "pyg")
@@ -67,9 +70,12 @@ class GAT(LayerStack):
             all heads, as PyG's layers).
 
     Shapes: ``x`` :math:`(N, F_{in})`, ``edge_index`` :math:`(2, E)` → :math:`(N, C)`;
-    :meth:`attention` returns per layer ``edge_index`` :math:`(2, E + N)` (self-loops
-    added) and :math:`\alpha` of shape :math:`(E + N, K)`.
+    with ``return_attention=True`` also, per layer, ``edge_index`` :math:`(2, E + N)`
+    (self-loops added) and :math:`\alpha` of shape :math:`(E + N, K)`, for each target
+    and head summing to 1 over its incoming edges.
     """
+
+    has_attention = True
 
     def __init__(
         self,
@@ -92,26 +98,27 @@ class GAT(LayerStack):
     ) -> None:
         super().__init__(dropout, activation, residual)
         if version not in VERSIONS:
-            raise UserError(f"unknown attention version '{version}'; choose v1 or v2")
+            raise ValueError(f"version '{version}' is unknown; choose v1 or v2")
         if impl not in IMPLS:
-            raise UserError(f"unknown model.impl '{impl}'; choose fused or pyg")
+            raise ValueError(f"impl '{impl}' is unknown; choose fused or pyg")
+        check_probability(attn_dropout=attn_dropout, feat_dropout=feat_dropout)
+        check_bool(dropout_per_head=dropout_per_head)
         if impl == "pyg" and feat_dropout > 0:
-            raise UserError(
-                "model.feat_dropout needs model.impl=fused (PyG's layers have no dropout "
-                "before aggregation); set model.feat_dropout=0 or model.impl=fused"
+            raise ValueError(
+                "feat_dropout needs impl=fused (PyG's layers have no dropout before "
+                "aggregation); set feat_dropout=0 or impl=fused"
             )
         if impl == "pyg" and dropout_per_head:
-            raise UserError(
-                "model.dropout_per_head needs model.impl=fused (PyG's layers take one "
-                "dropped-out input for all heads); set model.dropout_per_head=false or "
-                "model.impl=fused"
+            raise ValueError(
+                "dropout_per_head needs impl=fused (PyG's layers take one dropped-out input "
+                "for all heads); set dropout_per_head=false or impl=fused"
             )
-        _check_positive(hidden=hidden_channels, layers=num_layers, out_heads=out_heads)
+        check_positive(hidden_channels=hidden_channels, num_layers=num_layers, out_heads=out_heads)
         n_hidden = num_layers - 1
-        heads_l = per_layer(heads, n_hidden, "model.heads")
-        concat_l = per_layer(concat, n_hidden, "model.concat")
+        heads_l = per_layer(heads, n_hidden, "heads")
+        concat_l = per_layer(concat, n_hidden, "concat")
         for h in heads_l:
-            _check_positive(heads=h)
+            check_positive(heads=h)
         self.version, self.impl = version, impl
         self.dims = [in_channels]
         for h, c in zip([*heads_l, out_heads], [*concat_l, False], strict=True):
@@ -140,23 +147,3 @@ class GAT(LayerStack):
     @property
     def display_name(self) -> str:
         return "GATv2" if self.version == "v2" else "GAT"
-
-    @torch.no_grad()
-    def attention(self, x: Tensor, edge_index: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """Attention coefficients of every layer, from a forward pass in the current mode.
-
-        Returns a list (one item per layer) of ``(edge_index, alpha)``: ``edge_index``
-        :math:`(2, E')` with self-loops, ``alpha`` :math:`(E', K)`; for each target node
-        :math:`i = \\text{edge\\_index}[1]` and head, :math:`\\sum_j \\alpha_{ij} = 1`.
-        """
-        out: list[tuple[Tensor, Tensor]] = []
-        h = x
-        for i, layer in enumerate(self.layers):
-            h_prev, h_in = h, self._input(i, h)
-            h, (ei, alpha) = layer(h_in, edge_index, return_attention_weights=True)
-            if self.residual:
-                h = h + self.res[i](self._residual_input(h_prev, h_in))
-            if i < len(self.layers) - 1:
-                h = self.act(h)
-            out.append((ei, alpha))
-        return out

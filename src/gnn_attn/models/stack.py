@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gnn_attn.errors import UserError
 from gnn_attn.models.sparse import dropout
 
 ACTIVATIONS = ("elu", "relu", "leaky_relu", "gelu", "silu", "tanh")
@@ -20,7 +20,7 @@ def per_layer(value: int | bool | Sequence, n: int, name: str) -> list:
         return [value] * n
     values = list(value)
     if len(values) != n:
-        raise UserError(
+        raise ValueError(
             f"{name} has {len(values)} entries but the model has {n} hidden layers; "
             f"give one value or {n}"
         )
@@ -61,12 +61,16 @@ class LayerStack(nn.Module):
     # trim sampled batches layer by layer (exact when a layer's output at a node depends
     # only on its in-edges, as for attention and MLPs; not for GCN's symmetric norm)
     trims = True
+    supports_csr = True  # the first layer takes CSR features (see gnn_attn.models.sparse)
+    has_attention = False  # forward(..., return_attention=True) returns the weights
 
     def __init__(self, dropout: float, activation: str, residual: bool) -> None:
         super().__init__()
+        check_probability(dropout=dropout)
+        check_bool(residual=residual)
         if activation not in ACTIVATIONS:
-            raise UserError(
-                f"unknown activation '{activation}'; choose one of {', '.join(ACTIVATIONS)}"
+            raise ValueError(
+                f"activation '{activation}' is unknown; choose one of {', '.join(ACTIVATIONS)}"
             )
         self.dropout = dropout
         self.act = getattr(F, activation)
@@ -83,7 +87,7 @@ class LayerStack(nn.Module):
         make_layer: Callable[[int, int], nn.Module],
     ) -> None:
         """``num_layers`` layers ``make_layer(d_in, d_out)`` of one hidden width."""
-        _check_positive(hidden=hidden_channels, layers=num_layers)
+        check_positive(hidden_channels=hidden_channels, num_layers=num_layers)
         self.dims = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
         for d_in, d_out in zip(self.dims[:-1], self.dims[1:], strict=True):
             self.layers.append(make_layer(d_in, d_out))
@@ -96,20 +100,74 @@ class LayerStack(nn.Module):
                 lin = nn.Identity() if d_in == d_out else nn.Linear(d_in, d_out, bias=False)
                 self.res.append(lin)
 
-    def _layer(self, i: int, h: Tensor, edge_index: Tensor, n_out: int | None = None) -> Tensor:
-        """Layer ``i`` (with dropout and residual); ``n_out``: only the first ``n_out``
-        output rows are needed (layers that take ``num_dst`` compute only those)."""
-        layer = self.layers[i]
-        x = self._input(i, h)
-        if not self.graph_layers:
-            out = layer(x)
-        elif n_out is not None and getattr(layer, "bipartite", False):
-            out = layer(x, edge_index, num_dst=n_out)
-        else:
-            out = layer(x, edge_index)
-        if self.residual:
-            out = out[:n_out] + self.res[i](self._residual_input(h, x))[:n_out]
-        return out if n_out is None else out[:n_out]
+    def forward(
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        num_sampled_nodes_per_hop: list[int] | None = None,
+        num_sampled_edges_per_hop: list[int] | None = None,
+        return_attention: bool = False,
+    ) -> Tensor | tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        r"""Logits :math:`(N, C)`.
+
+        A sampled batch (nodes and edges sorted by hop, seeds first, as PyG's
+        ``NeighborLoader`` and :class:`~gnn_attn.data.sampler.NeighborBatches` make them)
+        passes its node and edge counts per hop: then each layer computes only what later
+        layers read and the result is the seeds' logits :math:`(B, C)`.
+        ``return_attention``: also return every layer's ``(edge_index (2, E'),
+        alpha (E', K))``, from this same pass (layers that have attention weights).
+        """
+        hops = None
+        if num_sampled_nodes_per_hop is not None and num_sampled_edges_per_hop is not None:
+            hops = (list(num_sampled_nodes_per_hop), list(num_sampled_edges_per_hop))
+        attention: list[tuple[Tensor, Tensor]] | None = [] if return_attention else None
+        h = self._run(x, edge_index, hops, len(self.layers), attention)
+        return (h, attention) if attention is not None else h
+
+    def embed(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        """The hidden representation fed to the last layer, :math:`(N, F_{L-1})`."""
+        return self._run(x, edge_index, None, len(self.layers) - 1, None)
+
+    def _run(
+        self,
+        h: Tensor,
+        edge_index: Tensor,
+        hops: Hops | None,
+        upto: int,
+        attention: list[tuple[Tensor, Tensor]] | None,
+    ) -> Tensor:
+        r"""The layer loop: layers ``0..upto-1``, each ``dropout → layer (+ residual) →
+        activation`` (no activation after the last layer).
+
+        For a sampled batch (``hops`` = nodes and edges per hop) layer :math:`i` of
+        :math:`L` outputs only the nodes within :math:`r = \min(H, L-1-i)` hops of the
+        seeds, from the edges of hops :math:`1..r+1`; both are prefixes of the batch's
+        nodes and edges. ``attention``: a list that receives each layer's weights."""
+        n_layers = len(self.layers)
+        for i in range(upto):
+            n_out = None
+            if hops is not None and self.trims:
+                nodes, edges = hops
+                reach = min(len(edges), n_layers - 1 - i)
+                n_out = sum(nodes[: reach + 1])
+                edge_index = edge_index[:, : sum(edges[: reach + 1])]
+            layer = self.layers[i]
+            x = self._input(i, h)
+            kwargs: dict[str, Any] = {}
+            if n_out is not None and getattr(layer, "bipartite", False):
+                kwargs["num_dst"] = n_out
+            if attention is not None:
+                kwargs["return_attention_weights"] = True
+            out = layer(x, edge_index, **kwargs) if self.graph_layers else layer(x)
+            if attention is not None:
+                out, weights = out
+                attention.append(weights)
+            if self.residual:
+                out = out[:n_out] + self.res[i](self._residual_input(h, x))[:n_out]
+            h = out if n_out is None else out[:n_out]
+            if i < n_layers - 1:
+                h = self.act(h)
+        return h
 
     def _input(self, i: int, h: Tensor) -> Tensor:
         """What layer ``i`` is given: ``h`` after dropout, or ``h`` itself for a layer
@@ -123,39 +181,17 @@ class LayerStack(nn.Module):
         of ``h`` of its own where the layer was given ``h`` itself (see :meth:`_input`)."""
         return x if x is not h else dropout(h, self.dropout, self.training)
 
-    def _run(self, h: Tensor, edge_index: Tensor, hops: Hops | None, upto: int) -> Tensor:
-        r"""Layers ``0..upto-1``. For a sampled batch (``hops`` = nodes and edges per hop,
-        sorted by hop, seeds first) each layer gets only what it and later layers read:
-        layer :math:`i` of :math:`L` must output the nodes within :math:`r = \min(H,
-        L-1-i)` hops of the seeds, from the edges of hops :math:`1..r+1`; both are
-        prefixes of the batch's nodes and edges."""
-        n_layers = len(self.layers)
-        for i in range(upto):
-            n_out = None
-            if hops is not None and self.trims:
-                nodes, edges = hops
-                reach = min(len(edges), n_layers - 1 - i)
-                n_out = sum(nodes[: reach + 1])
-                edge_index = edge_index[:, : sum(edges[: reach + 1])]
-            h = self._layer(i, h, edge_index, n_out)
-            if i < n_layers - 1:
-                h = self.act(h)
-        return h
-
-    def embed(self, x: Tensor, edge_index: Tensor, hops: Hops | None = None) -> Tensor:
-        """The hidden representation fed to the last layer, :math:`(N, F_{L-1})` (with
-        ``hops``: of the nodes within one hop of the seeds, seeds first)."""
-        return self._run(x, edge_index, hops, len(self.layers) - 1)
-
-    def forward(self, x: Tensor, edge_index: Tensor, hops: Hops | None = None) -> Tensor:
-        """Logits :math:`(N, C)`; for a sampled batch (``hops`` given) the seeds' logits
-        :math:`(B, C)`, each layer computing only what later layers read (:meth:`_run`)."""
-        return self._run(x, edge_index, hops, len(self.layers))
-
     @property
     def receptive_hops(self) -> int:
         """How many hops of neighbours a node's output depends on (0 for an MLP)."""
         return len(self.layers) if self.graph_layers else 0
+
+    @property
+    def exact_hops(self) -> int | None:
+        """Hops of the receptive field on which the outputs of its seeds are exact (the
+        data module then serves each split's receptive field instead of the whole
+        graph); ``None`` where the output depends on more (GCN's degrees)."""
+        return self.receptive_hops if self.trims else None
 
     @property
     def display_name(self) -> str:
@@ -167,11 +203,22 @@ class LayerStack(nn.Module):
         return self.layers[0]
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-def _check_positive(**values: int) -> None:
+def check_probability(**values: float) -> None:
+    """``ValueError`` naming the first argument that is not a probability in [0, 1)."""
     for name, v in values.items():
-        if v < 1:
-            raise UserError(f"model.{name} must be ≥ 1 (got {v})")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise ValueError(f"{name} must be in [0, 1) (got {v!r})")
+
+
+def check_bool(**values: bool) -> None:
+    """``TypeError`` naming the first argument that is not ``True``/``False``."""
+    for name, v in values.items():
+        if not isinstance(v, bool):
+            raise TypeError(f"{name} must be true or false (got {v!r})")
+
+
+def check_positive(**values: int) -> None:
+    """``ValueError`` naming the first argument that is not an integer ≥ 1."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer ≥ 1 (got {v!r})")

@@ -3,8 +3,9 @@
 Lightning's own DDP launcher re-runs the command line in each child process. Under Hydra
 that re-composes the config: every child makes its own time-stamped output dir, and in a
 ``-m`` sweep a child would re-run the whole sweep. Here the job (rank 0) writes its fully
-resolved config once, starts ``python -m gnn_attn.distributed CONFIG`` for ranks
-1…W-1 with ``LOCAL_RANK``/``MASTER_PORT`` set, and sets ``LOCAL_RANK=0`` for itself, so
+resolved config once, starts ``python -m gnn_attn.run.distributed CONFIG FUNCTION`` for
+ranks 1…W-1 with ``LOCAL_RANK``/``MASTER_PORT`` set (``FUNCTION``: the import path of the
+function the job runs, given to :func:`ddp_group`), and sets ``LOCAL_RANK=0`` for itself, so
 that Lightning treats the processes as created externally and only joins them. All ranks
 share the job's output dir; only rank 0 writes ``metrics.json``, pictures, W&B.
 
@@ -15,19 +16,23 @@ nothing is started here.
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.plugins.environments.lightning import find_free_network_port
 from omegaconf import DictConfig, OmegaConf
 
-from gnn_attn.errors import UserError
+from gnn_attn.errors import UserError, exits_cleanly
 
 ENV_KEYS = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -54,8 +59,6 @@ def is_worker() -> bool:
 
 
 def _under_slurm() -> bool:
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
     return SLURMEnvironment.detect()
 
 
@@ -67,20 +70,21 @@ def worker_config(cfg: DictConfig) -> DictConfig:
     resolved.callbacks = {}
     resolved.print_config = False
     resolved.trainer.enable_progress_bar = False
-    resolved.data.module.verbose = False
+    if "verbose" in resolved.data:
+        resolved.data.verbose = False
     return resolved
 
 
 @contextmanager
-def ddp_group(cfg: DictConfig) -> Iterator[int]:
-    """Start ranks 1…W-1 of a DDP run (if this process is the job, not a worker) and make
-    this process rank 0; yields the world size. On exit: wait for the workers (kill them
-    if this rank failed), restore the environment, destroy the process group."""
+def ddp_group(cfg: DictConfig, fn: Callable[[DictConfig], Any]) -> Iterator[int]:
+    """Start ranks 1…W-1 of a DDP run, each running ``fn(cfg)`` (if this process is the
+    job, not a worker) and make this process rank 0; yields the world size. On exit:
+    wait for the workers (kill them if this rank failed), restore the environment,
+    destroy the process group."""
     n = world_size(cfg)
     if n <= 1 or is_worker() or _under_slurm():
         yield n
         return
-    from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
     saved = {k: os.environ.get(k) for k in ENV_KEYS}
     port = str(find_free_network_port())
@@ -93,7 +97,13 @@ def ddp_group(cfg: DictConfig) -> Iterator[int]:
         env = {**os.environ, **base, "LOCAL_RANK": str(rank), "PYTHONUNBUFFERED": "1"}
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "gnn_attn.distributed", str(cfg_path)],
+                [
+                    sys.executable,
+                    "-m",
+                    "gnn_attn.run.distributed",
+                    str(cfg_path),
+                    f"{fn.__module__}:{fn.__qualname__}",
+                ],
                 env=env,
                 stdout=subprocess.DEVNULL,
             )
@@ -144,17 +154,15 @@ def _watch(procs: list[subprocess.Popen], done: threading.Event) -> None:
                 os._exit(1)
 
 
-def _worker_main(path: str) -> None:
-    """Entry point of ranks ≥ 1: run the job's resolved config."""
-    from gnn_attn.train import run
-
+def _worker_main(path: str, function: str) -> None:
+    """Entry point of ranks ≥ 1: run ``function`` (``module:name``) on the job's
+    resolved config."""
+    module, _, name = function.partition(":")
+    fn = getattr(importlib.import_module(module), name)
     cfg = OmegaConf.load(path)
-    try:
-        run(cfg)
-    except UserError as err:
-        print(f"Error: (DDP rank {os.environ.get('LOCAL_RANK')}) {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
+    with exits_cleanly():
+        fn(cfg)
 
 
 if __name__ == "__main__":
-    _worker_main(sys.argv[1])
+    _worker_main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,72 @@
+"""The jobs of a sweep directory: their overrides, metrics, errors and saved config."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ERROR_FILE = "error.json"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class Job:
+    """One job directory of a sweep: its overrides and, if it finished, its metrics.
+
+    ``order`` is the model config's ``order`` (its row in result tables), read from the
+    job's saved config (``.hydra/config.yaml``); 100 where it has none."""
+
+    path: Path
+    overrides: list[str]
+    metrics: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    order: int = 100
+    status: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.metrics and self.metrics.get("status") == "failed":
+            self.error = self.error or {"error": self.metrics.get("error", "failed")}
+            self.metrics = None
+        self.status = "ok" if self.metrics else "failed" if self.error else "unfinished"
+
+
+def find_jobs(sweep_dir: str | Path) -> list[Job]:
+    """Every job under ``sweep_dir`` (a directory holding ``.hydra/overrides.yaml``)."""
+    jobs = []
+    for overrides_file in sorted(Path(sweep_dir).glob("**/.hydra/overrides.yaml")):
+        job_dir = overrides_file.parent.parent
+        overrides = yaml.safe_load(overrides_file.read_text()) or []
+        jobs.append(
+            Job(
+                job_dir,
+                [str(o) for o in overrides],
+                _read_json(job_dir / METRICS_FILE),
+                _read_json(job_dir / ERROR_FILE),
+                _model_order(overrides_file.parent / "config.yaml"),
+            )
+        )
+    return sorted(jobs, key=lambda j: _job_key(j.path))
+
+
+def _model_order(config_file: Path) -> int:
+    try:
+        model = (yaml.safe_load(config_file.read_text()) or {}).get("model") or {}
+    except (OSError, yaml.YAMLError):
+        return 100
+    order = model.get("order", 100)
+    return order if isinstance(order, int) else 100
+
+
+def _job_key(path: Path) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in path.parts)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None

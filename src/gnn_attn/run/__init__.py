@@ -1,0 +1,1 @@
+"""Orchestration: build, fit/select/test, evaluate, DDP launch, the entry wrapper."""

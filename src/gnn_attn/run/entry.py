@@ -1,0 +1,168 @@
+"""The one wrapper of ``train.py`` and ``eval.py``: Hydra's command line with one-line
+errors, interrupts, W&B closing and sweep failure records.
+
+    python train.py model=gat data=cora        →  main(train, "train")
+
+Before Hydra runs, the command line is composed with Hydra's compose API (a sweep: its
+first job, and one job per value of every swept key), so that an unknown choice, a
+misspelt key, a wrong type or an output dir that cannot be written is one ``Error:`` line
+with exit status 2 and nothing is started. Then Hydra runs ``task(cfg)`` through
+:func:`run_task`: a :class:`~gnn_attn.errors.UserError` (constructors' argument errors
+arrive as such through :mod:`gnn_attn.run.build`) is one line and exit 2 in a single run,
+and the job's ``error.json`` in a sweep, whose other jobs go on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from gnn_attn.config import conf_dir
+from gnn_attn.errors import UserError, exits_cleanly, is_out_of_memory, out_of_memory_error
+from gnn_attn.run.sweep import is_multirun, record_failure
+from gnn_attn.run.train import Interrupted
+
+Task = Callable[[DictConfig], Any]
+
+
+def main(task: Task, config_name: str) -> None:
+    """Check the command line, then run ``task`` under Hydra (``-m``: a sweep)."""
+    with exits_cleanly():
+        check_command_line(sys.argv[1:], config_name)
+    app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)
+    app(lambda cfg: run_task(task, cfg))()
+
+
+def run_task(task: Task, cfg: DictConfig) -> Any:
+    """``task(cfg)`` as one job: set the threads, turn failures the user caused into one
+    line (exit 2) or, in a sweep, into the job's ``error.json`` (the sweep goes on)."""
+    threads = threads_per_job(cfg)
+    if threads:
+        torch.set_num_threads(threads)
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    try:
+        with exits_cleanly():
+            try:
+                return task(cfg)
+            except Interrupted as stop:
+                print(
+                    f"Interrupted: last.ckpt saved. Resume with:\n  {stop.resume_command()}",
+                    file=sys.stderr,
+                )
+                sys.exit(128 + stop.signum)
+            except Exception as err:
+                if is_out_of_memory(err):
+                    raise out_of_memory_error(err, cfg.get("data", {}).get("loader", "full")) from err
+                if is_multirun() and not full_error:
+                    record_failure(cfg.paths.output_dir, err)
+                    print(f"Error in job {cfg.paths.output_dir}: {err}", file=sys.stderr)
+                    return float("nan")
+                raise
+    finally:
+        finish_wandb()
+
+
+@rank_zero_only
+def finish_wandb() -> None:
+    """Close this job's W&B run, if any (Hydra's multirun would merge runs otherwise)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
+def threads_per_job(cfg: DictConfig) -> int | None:
+    """``cfg.threads`` if set; under the joblib launcher, cores // parallel jobs (so that
+    jobs × threads ≤ cores); under submitit, the launcher's ``cpus_per_task``; else None
+    (torch's default)."""
+    if cfg.get("threads"):
+        return int(cfg.threads)
+    if not HydraConfig.initialized():
+        return None
+    launcher = HydraConfig.get().launcher
+    target = str(launcher.get("_target_", "")).lower()
+    if "submitit" in target:
+        return launcher.get("cpus_per_task")
+    if "joblib" not in target:
+        return None
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.get("n_jobs") or -1
+    n_jobs = cores + 1 + n_jobs if n_jobs < 0 else n_jobs
+    return max(1, cores // max(1, min(n_jobs, cores)))
+
+
+def check_command_line(argv: list[str], config_name: str) -> None:
+    """Compose what ``argv`` asks for, as Hydra will, and raise :class:`UserError` with
+    one line for the first problem. Runs with other flags (``--cfg``, ``--help``, ...)
+    and interval sweeps are left to Hydra."""
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
+        return
+    overrides = [a for a in argv if not a.startswith("-")]
+    multirun = len(overrides) < len(argv)
+    try:
+        jobs = probe_jobs(overrides)
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            for job in jobs:
+                cfg = compose(config_name, overrides=job, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise UserError(describe(err)) from err
+    key = "sweep" if multirun or cfg.hydra.mode == "MULTIRUN" else "run"
+    _check_writable(Path(OmegaConf.select(cfg, f"hydra.{key}.dir")), f"hydra.{key}.dir")
+
+
+def probe_jobs(overrides: list[str]) -> list[list[str]]:
+    """The overrides of a sweep's first job (each list/range sweep at its first value),
+    then one job per other value of every swept key; one job without sweeps."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    fixed, values = [], []
+    for o in parsed:
+        if not o.is_sweep_override():
+            fixed.append(o.input_line)
+        elif o.is_discrete_sweep():
+            try:
+                values.append((o.get_key_element(), list(o.sweep_string_iterator())))
+            except HydraException:  # a glob needs Hydra's config loader
+                continue
+    first = [f"{k}={v[0]}" for k, v in values if v]
+    jobs = [fixed + first]
+    for i, (key, options) in enumerate(values):
+        rest = [f for j, f in enumerate(first) if j != i]
+        jobs += [fixed + rest + [f"{key}={v}"] for v in options[1:]]
+    return jobs
+
+
+def describe(err: BaseException) -> str:
+    """One line for what Hydra or OmegaConf said about a command line."""
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
+        group, _, choice = str(err.missing_cfg_file).rpartition("/")
+        options = sorted(o for o in (err.options or []) if "/" not in o)
+        if group and options:
+            return (
+                f"unknown {group} '{choice}'; choose one of {', '.join(options)} "
+                f"({group}={options[0]})"
+            )
+    if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
+        msg = " ".join(str(getattr(err, "msg", err)).split())
+        return f"{err.full_key}: {msg}; check the value (python train.py --cfg job shows them)"
+    text = " ".join(str(err).split())
+    return f"{text[:300]}; check the spelling (python train.py --cfg job lists the keys)"
+
+
+def _check_writable(path: Path, key: str) -> None:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise UserError(f"cannot write the output dir {path}; choose another with {key}=<dir>")
