@@ -26,11 +26,11 @@ test: install
 	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: install
-	$(BIN)/python -m gnn_attn.bench $(ARGS)
+	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 # Full-batch vs mini-batch GAT on synthetic graphs of 10k, 100k, 1M, 3M nodes (~6 min).
 bench-scale: install
-	$(BIN)/python -m gnn_attn.bench_scale $(ARGS)
+	$(BIN)/python benchmarks/bench_scale.py $(ARGS)
 
 table: install
 	@test -n "$(SWEEP)" || { echo "Error: pass SWEEP=multirun/<date>/<time>"; exit 2; }

@@ -1,6 +1,6 @@
 """Benchmark: ms/epoch of the GAT article's plain PyG loop vs this template.
 
-    python -m gnn_attn.bench [--epochs 200] [--reps 5] [--seeds 1] [--out bench.json]
+    python benchmarks/bench.py [--epochs 200] [--reps 5] [--seeds 1] [--out bench.json]
 
 For GCN, GAT and GATv2 on Cora and CiteSeer, in one process, with the configurations
 interleaved (every repetition runs each of them once) and medians reported:
@@ -9,7 +9,7 @@ interleaved (every repetition runs each of them once) and medians reported:
     (``F.dropout`` on the :math:`N \\times F` matrix, PyG's ``GCNConv``/``GATConv``/
     ``GATv2Conv``);
 (b) ``pyg_csr``: the same loop with the features as CSR (dropout on stored values);
-(c) ``ours``: ``gnn_attn.train.run`` — the real LightningModule and Trainer, fixed epochs,
+(c) ``ours``: ``gnn_attn.run.train.run`` — the real LightningModule and Trainer, fixed epochs,
     no early stopping, no logger, no pictures;
 (d) ``bare``: our backbone (same config, CSR features) in a bare PyTorch loop, on the
     same receptive-field batches as (c) for GAT/GATv2, to show what Lightning adds (c/d).
@@ -37,16 +37,21 @@ from typing import Any
 import psutil
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 from torch import nn
 from torch_geometric.nn import GATConv, GATv2Conv, GCNConv
 
 from gnn_attn.console import quiet
 from gnn_attn.data import PlanetoidDataModule
+from gnn_attn.data.sampler import receptive_field
+from gnn_attn.errors import exits_cleanly
+from gnn_attn.run.build import build_data_and_model
+from gnn_attn.run.train import run
 
 MODELS = ("gcn", "gat", "gatv2")
 KINDS = ("article", "pyg_csr", "ours", "bare")
 DATASETS = ("cora", "citeseer")
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class ArticleNet(nn.Module):
@@ -104,11 +109,7 @@ def plain_loop(
 
 
 def ours(model: str, dataset: str, epochs: int, seed: int, out_dir: Path) -> dict[str, float]:
-    """(c): the real training run through Hydra's compose API and gnn_attn.train.run."""
-    from hydra import compose, initialize_config_dir
-
-    from gnn_attn.train import run
-
+    """(c): the real training run through Hydra's compose API and gnn_attn.run.train.run."""
     overrides = [
         f"model={model}",
         f"data={dataset}",
@@ -120,7 +121,7 @@ def ours(model: str, dataset: str, epochs: int, seed: int, out_dir: Path) -> dic
         "logger=none",
         "trainer.enable_progress_bar=false",
         "print_config=false",
-        "data.module.verbose=false",
+        "data.verbose=false",
     ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
@@ -130,17 +131,14 @@ def ours(model: str, dataset: str, epochs: int, seed: int, out_dir: Path) -> dic
 
 def bare_loop(model: str, dataset: str, data: Any, epochs: int, seed: int) -> dict[str, float]:
     """(d): the backbone and optimizer ``ours`` builds, in a bare PyTorch loop."""
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
+    overrides = [f"model={model}", f"data={dataset}", "paths.output_dir=.", "data.verbose=false"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model}", f"data={dataset}"])
+        cfg = compose("train", overrides=overrides)
     torch.manual_seed(seed)
-    module = instantiate(
-        cfg.model.module, in_channels=data.x.size(1), num_classes=int(data.y.max()) + 1
-    ).to(data.y.device)
+    _, module = build_data_and_model(cfg, "fit")
+    module = module.to(data.y.device)
     net, opt = module.net, module.configure_optimizers()
-    if getattr(net, "trims", False):  # what (c) does: each split's receptive field
+    if getattr(net, "exact_hops", None) is not None:  # what (c) does: receptive fields
         return field_loop(net, opt, data, epochs)
     return plain_loop(model, data, epochs, seed, net=net, opt=opt)
 
@@ -149,15 +147,18 @@ def field_loop(net: nn.Module, opt: Any, data: Any, epochs: int) -> dict[str, fl
     """The plain loop on each split's receptive field (the nodes within the model's hops
     of the split's nodes, built once), as :class:`~gnn_attn.models.NodeClassifier` runs
     full-batch GAT; the test nodes' logits are computed when validation improves."""
-    from gnn_attn.data.sampler import receptive_field
-
     fields = {
-        s: receptive_field(data, data[f"{s}_mask"].nonzero().view(-1), net.receptive_hops)
+        s: receptive_field(data, data[f"{s}_mask"].nonzero().view(-1), net.exact_hops)
         for s in ("train", "val", "test")
     }
 
     def logits(b: Any) -> torch.Tensor:
-        return net(b.x, b.edge_index, (b.num_sampled_nodes, b.num_sampled_edges))
+        return net(
+            b.x,
+            b.edge_index,
+            num_sampled_nodes_per_hop=b.num_sampled_nodes,
+            num_sampled_edges_per_hop=b.num_sampled_edges,
+        )
 
     def acc(b: Any) -> float:
         return float((logits(b).argmax(-1) == b.y[: b.batch_size]).float().mean())
@@ -312,4 +313,5 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, device: An
 
 
 if __name__ == "__main__":
-    main()
+    with exits_cleanly():
+        main()

@@ -1,6 +1,6 @@
 """Scaling benchmark: full-batch vs mini-batch training on synthetic graphs of growing size.
 
-``make bench-scale`` (``python -m gnn_attn.bench_scale``). For every size (default 10 k,
+``make bench-scale`` (``python benchmarks/bench_scale.py``). For every size (default 10 k,
 100 k, 1 M, 3 M nodes, mean degree 10: ``data=synthetic``) and mode (``data.loader=full`` and
 ``neighbor``), one fresh process builds the data module and the model from the same
 configs as ``train.py`` (GAT by default) and trains a few epochs with the real Trainer,
@@ -37,7 +37,7 @@ import lightning as L
 import psutil
 
 from gnn_attn.config import project_root
-from gnn_attn.errors import is_out_of_memory
+from gnn_attn.errors import exits_cleanly, is_out_of_memory
 
 
 class _EpochTimer(L.Callback):
@@ -63,7 +63,7 @@ def measure(nodes: int, loader: str, model: str, epochs: int, cache_dir: str) ->
     from hydra.utils import instantiate
 
     from gnn_attn.console import quiet
-    from gnn_attn.train import build_data_and_model
+    from gnn_attn.run.build import build_data_and_model
 
     quiet()
     overrides = [
@@ -78,8 +78,8 @@ def measure(nodes: int, loader: str, model: str, epochs: int, cache_dir: str) ->
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     L.seed_everything(0, verbose=False)
-    cfg.data.module.verbose = False
-    dm = instantiate(cfg.data.module)
+    cfg.data.verbose = False
+    dm = instantiate(cfg.data)
     dm.prepare_data()  # generate/cache the graph outside the measurement
     before = _peak_mib()
     dm, module = build_data_and_model(cfg, "fit")
@@ -125,8 +125,7 @@ def measure(nodes: int, loader: str, model: str, epochs: int, cache_dir: str) ->
 def _run_one(args: argparse.Namespace, nodes: int, loader: str) -> dict[str, Any]:
     cmd = [
         sys.executable,
-        "-m",
-        "gnn_attn.bench_scale",
+        str(Path(__file__).resolve()),
         "--one",
         str(nodes),
         loader,
@@ -269,4 +268,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exits_cleanly():
+        main()

@@ -11,9 +11,13 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 
-def _module(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+        [sys.executable, str(ROOT / "benchmarks" / name), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -22,7 +26,7 @@ def _module(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_bench_compares_the_four_loops(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     args = ["--epochs", "3", "--reps", "1", "--models", "gat", "--datasets", "cora"]
-    proc = _module("gnn_attn.bench", *args, "--out", str(out), cwd=ROOT)
+    proc = _script("bench.py", *args, "--out", str(out), cwd=ROOT)
     result = json.loads(out.read_text())
     (row,) = result["rows"]
     assert (row["dataset"], row["model"]) == ("cora", "gat")
@@ -35,7 +39,7 @@ def test_bench_compares_the_four_loops(tmp_path: Path) -> None:
 def test_bench_scale_reports_both_modes_and_slopes(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     args = ["--sizes", "1500,3000", "--epochs", "2", "--cache-dir", str(tmp_path / "cache")]
-    _module("gnn_attn.bench_scale", *args, "--out", str(out), cwd=tmp_path)
+    _script("bench_scale.py", *args, "--out", str(out), cwd=tmp_path)
     result = json.loads(out.read_text())
     runs = result["runs"]
     assert [(r["nodes"], r["loader"]) for r in runs] == [

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch_geometric.nn import GATConv, GATv2Conv
 
-from gnn_attn.models.gat_conv import FusedGATConv
 from gnn_attn.models.sparse import dropout, project_per_head
 from tests.conftest import read_metrics, run_cli, train_overrides
+from tests.models.pyg_reference import fused_layer, load_pyg
 from tests.models.test_fast_paths import BACKBONES, assert_same_gradients, random_graph
 
 pytestmark = pytest.mark.skipif(
@@ -30,8 +30,8 @@ def test_fused_layer_equals_pyg_on_cuda(version: str, sparse: bool) -> None:
     x, edge_index = x.to(CUDA), edge_index.to(CUDA)
     ref_cls = GATConv if version == "v1" else GATv2Conv
     ref = ref_cls(50, 6, heads=4).to(CUDA).eval()
-    fused = FusedGATConv(50, 6, heads=4, version=version).to(CUDA)
-    fused.load_pyg(ref.state_dict())
+    fused = fused_layer(50, 6, heads=4, version=version).to(CUDA)
+    load_pyg(fused, ref.state_dict())
     fused.eval()
     out_ref = ref(x, edge_index)
     out_fused = fused(x.to_sparse_csr() if sparse else x, edge_index)
@@ -97,8 +97,8 @@ def test_per_head_input_dropout_on_cuda(version: str) -> None:
     torch.manual_seed(0)
     x, edge_index = random_graph(n=300, f=50, e=2000)
     x, edge_index = x.to(CUDA).to_sparse_csr(), edge_index.to(CUDA)
-    plain = FusedGATConv(50, 6, heads=4, version=version).to(CUDA)
-    per_head = FusedGATConv(50, 6, heads=4, version=version, input_dropout=1e-9).to(CUDA)
+    plain = fused_layer(50, 6, heads=4, version=version).to(CUDA)
+    per_head = fused_layer(50, 6, heads=4, version=version, input_dropout=1e-9).to(CUDA)
     per_head.load_state_dict(plain.state_dict())
     out_plain, out_head = plain(x, edge_index), per_head(x, edge_index)
     assert torch.allclose(out_head, out_plain, atol=1e-5)

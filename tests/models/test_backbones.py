@@ -69,11 +69,11 @@ def test_bad_hyperparameters_are_value_errors_naming_the_argument() -> None:
     """Constructors speak of their own arguments; the run names the config key."""
     with pytest.raises(ValueError, match=r"^heads must be an integer ≥ 1 \(got 0\)"):
         GAT(F, C, heads=0)
-    with pytest.raises(ValueError, match="^heads has 2 entries .* 3 hidden layers"):
+    with pytest.raises(ValueError, match=r"^heads has 2 entries .* 3 hidden layers"):
         GAT(F, C, num_layers=4, heads=[1, 2])
-    with pytest.raises(ValueError, match="^version 'v3' is unknown"):
+    with pytest.raises(ValueError, match=r"^version 'v3' is unknown"):
         GAT(F, C, version="v3")
-    with pytest.raises(ValueError, match="^activation 'nope' is unknown"):
+    with pytest.raises(ValueError, match=r"^activation 'nope' is unknown"):
         GCN(F, C, activation="nope")
     with pytest.raises(ValueError, match=r"^hidden_channels must be an integer ≥ 1"):
         MLP(F, C, hidden_channels=0)

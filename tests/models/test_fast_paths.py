@@ -8,8 +8,8 @@ import torch
 from torch_geometric.nn import GATConv, GATv2Conv
 
 from gnn_attn.models import GAT, GCN, MLP
-from gnn_attn.models.gat_conv import FusedGATConv
 from gnn_attn.models.sparse import SparseLinear, dropout, head_copies, project_per_head
+from tests.models.pyg_reference import fused_layer, load_pyg, pyg_grads
 
 
 def random_graph(n: int = 40, f: int = 30, e: int = 160, seed: int = 0):
@@ -27,8 +27,8 @@ def test_fused_layer_equals_pyg(version: str, heads: int, concat: bool) -> None:
     x, edge_index = random_graph()
     ref_cls = GATConv if version == "v1" else GATv2Conv
     ref = ref_cls(30, 5, heads=heads, concat=concat, dropout=0.6).eval()
-    fused = FusedGATConv(30, 5, heads=heads, concat=concat, dropout=0.6, version=version)
-    fused.load_pyg(ref.state_dict())  # the same weights
+    fused = fused_layer(30, 5, heads=heads, concat=concat, dropout=0.6, version=version)
+    load_pyg(fused, ref.state_dict())  # the same weights
     fused.eval()
     x_ref = x.clone().requires_grad_()
     x_fused = x.clone().requires_grad_()
@@ -54,7 +54,7 @@ def assert_same_gradients(ref, out_ref, fused, out_fused, atol: float) -> None:
     weights = torch.randn_like(out_ref)
     (out_ref * weights).sum().backward()
     (out_fused * weights).sum().backward()
-    ours = fused.pyg_grads()
+    ours = pyg_grads(fused)
     for name, p in ref.named_parameters():
         assert torch.allclose(ours[name], p.grad, atol=atol), name
 
@@ -140,10 +140,10 @@ def test_cached_gcn_layer_equals_pyg_and_follows_a_new_graph() -> None:
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_fused_layer_follows_a_new_graph_of_the_same_shape(version: str) -> None:
     torch.manual_seed(0)
-    layer = FusedGATConv(30, 5, heads=2, version=version).eval()
+    layer = fused_layer(30, 5, heads=2, version=version).eval()
     for seed in (0, 1, 2):
         x, edge_index = random_graph(seed=seed)
-        fresh = FusedGATConv(30, 5, heads=2, version=version).eval()
+        fresh = fused_layer(30, 5, heads=2, version=version).eval()
         fresh.load_state_dict(layer.state_dict())
         torch.testing.assert_close(layer(x, edge_index.clone()), fresh(x, edge_index))
 
@@ -154,8 +154,8 @@ def test_bipartite_layer_equals_the_full_layer_on_its_targets(version: str) -> N
     (edges into the other nodes cannot reach those rows)."""
     torch.manual_seed(0)
     x, edge_index = random_graph()
-    full = FusedGATConv(30, 5, heads=3, version=version)
-    part = FusedGATConv(30, 5, heads=3, version=version)
+    full = fused_layer(30, 5, heads=3, version=version)
+    part = fused_layer(30, 5, heads=3, version=version)
     part.load_state_dict(full.state_dict())
     x_full, x_part = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_full = full(x_full, edge_index)[:17]
@@ -208,8 +208,8 @@ def test_per_head_input_dropout_keeps_the_layer(version: str) -> None:
     gradients as they are (v2 rearranges W_l | W_r per head and back); eval ignores it."""
     torch.manual_seed(0)
     x, edge_index = random_graph()
-    plain = FusedGATConv(30, 5, heads=3, version=version)
-    per_head = FusedGATConv(30, 5, heads=3, version=version, input_dropout=1e-9)
+    plain = fused_layer(30, 5, heads=3, version=version)
+    per_head = fused_layer(30, 5, heads=3, version=version, input_dropout=1e-9)
     per_head.load_state_dict(plain.state_dict())
     for inp in (x, x.to_sparse_csr()):
         out_plain, out_head = plain(inp, edge_index), per_head(inp, edge_index)

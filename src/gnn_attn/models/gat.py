@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch_geometric.nn import GATConv, GATv2Conv
 
-from gnn_attn.models.gat_conv import FusedGATConv
+from gnn_attn.models.gat_conv import FusedGATConv, FusedGATv2Conv
 from gnn_attn.models.sparse import sparse_aware
 from gnn_attn.models.stack import (
     LayerStack,
@@ -16,7 +16,8 @@ from gnn_attn.models.stack import (
     per_layer,
 )
 
-VERSIONS = {"v1": GATConv, "v2": GATv2Conv}
+VERSIONS = {"v1": GATConv, "v2": GATv2Conv}  # PyG's layers (impl=pyg)
+FUSED = {"v1": FusedGATConv, "v2": FusedGATv2Conv}  # ours (impl=fused)
 IMPLS = ("fused", "pyg")
 
 
@@ -61,8 +62,9 @@ class GAT(LayerStack):
         negative_slope: slope of the LeakyReLU (default 0.2).
         activation: non-linearity after hidden layers (default ``elu``).
         residual: see :class:`LayerStack`.
-        impl: ``fused`` (:class:`~gnn_attn.models.gat_conv.FusedGATConv`, the fast layer,
-            equal to PyG's) or ``pyg`` (PyG's ``GATConv``/``GATv2Conv`` themselves).
+        impl: ``fused`` (:class:`~gnn_attn.models.gat_conv.FusedGATConv` /
+            ``FusedGATv2Conv``, the fast layers, equal to PyG's) or ``pyg`` (PyG's
+            ``GATConv``/``GATv2Conv`` themselves).
         feat_dropout: dropout on the projected features before aggregation, as in the
             official GAT code (``fused`` only; default 0).
         dropout_per_head: every head draws its own dropout mask of the layer input, as
@@ -127,10 +129,9 @@ class GAT(LayerStack):
             kwargs = dict(heads=h, concat=c, dropout=attn_dropout, negative_slope=negative_slope)
             if impl == "fused":
                 own = dropout if dropout_per_head and h > 1 else 0.0  # per-head input masks
-                layer = FusedGATConv(
+                layer = FUSED[version](
                     self.dims[-1],
                     d_out,
-                    version=version,
                     feat_dropout=feat_dropout,
                     input_dropout=own,
                     **kwargs,

@@ -46,7 +46,9 @@ def config_error(key: str, node: Any, err: BaseException) -> UserError:
             f"{key}.{unexpected.group(1)} is not an argument of {target}; remove it from "
             f"the {key} config or rename it"
         )
-    missing = re.search(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.*)", text)
+    missing = re.search(
+        r"missing \d+ required (?:positional |keyword-only )?arguments?: (.*)", text
+    )
     if missing:
         return UserError(f"{target} needs {missing.group(1)}; add it to the {key} config")
     first = re.match(r"[\w.]+", text)
@@ -221,7 +223,9 @@ def load_run_config(ckpt_path: Path) -> DictConfig:
             f"cannot read checkpoint {ckpt_path} ({type(err).__name__}); it is truncated or "
             "not a PyTorch file: pass a best.ckpt/last.ckpt written by train.py"
         ) from err
-    stored = (ckpt.get("hyper_parameters") or {}).get("run_config") if isinstance(ckpt, dict) else None
+    stored = (
+        (ckpt.get("hyper_parameters") or {}).get("run_config") if isinstance(ckpt, dict) else None
+    )
     if not stored:
         raise UserError(
             f"{ckpt_path} was not written by gnn-attn's train.py (no stored config); pass a "

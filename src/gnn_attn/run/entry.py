@@ -65,7 +65,9 @@ def run_task(task: Task, cfg: DictConfig) -> Any:
                 sys.exit(128 + stop.signum)
             except Exception as err:
                 if is_out_of_memory(err):
-                    raise out_of_memory_error(err, cfg.get("data", {}).get("loader", "full")) from err
+                    raise out_of_memory_error(
+                        err, cfg.get("data", {}).get("loader", "full")
+                    ) from err
                 if is_multirun() and not full_error:
                     record_failure(cfg.paths.output_dir, err)
                     print(f"Error in job {cfg.paths.output_dir}: {err}", file=sys.stderr)
