@@ -28,9 +28,7 @@ def test_readme_example_backbone_trains_sweeps_and_evaluates(
     (user / "my_models").mkdir(parents=True)
     (user / "my_models" / "sage.py").write_text(readme_block("my_models/sage.py", "python"))
     (user / "conf" / "model").mkdir(parents=True)
-    (user / "conf" / "model" / "sage.yaml").write_text(
-        readme_block("conf/model/sage.yaml", "yaml")
-    )
+    (user / "conf" / "model" / "sage.yaml").write_text(readme_block("conf/model/sage.yaml", "yaml"))
     monkeypatch.setenv("PYTHONPATH", f"{user}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     sweep = tmp_path / "sweep"
     run_cli(

@@ -8,6 +8,7 @@ every group: ``heads must be an integer ≥ 1 (got 0)`` raised by the backbone b
 
 from __future__ import annotations
 
+import importlib
 import re
 import warnings
 from dataclasses import fields
@@ -18,7 +19,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -71,8 +72,9 @@ def build_node(key: str, node: Any, **kwargs: Any) -> Any:
             raise config_error(key, node, cause) from err
         if "Error locating target" in str(err):
             target = node.get("_target_") if isinstance(node, (dict, DictConfig)) else node
+            reason = " ".join(str(cause).split())
             raise UserError(
-                f"{key}._target_ '{target}' cannot be imported ({cause}); give an importable "
+                f"{key}._target_ '{target}' cannot be imported ({reason}); give an importable "
                 "path (package.module.Class) and check the module is on PYTHONPATH"
             ) from err
         raise
@@ -94,10 +96,11 @@ def model_settings(model: dict[str, Any]) -> ModelSettings:
 
 def backbone_class(cfg: DictConfig) -> Any:
     """What ``model._target_`` names (a class or a factory)."""
-    target = cfg.model.get("_target_")
+    target = str(cfg.model.get("_target_"))
+    module, _, name = target.rpartition(".")
     try:
-        return get_object(target)
-    except Exception as err:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
         raise UserError(
             f"model._target_ '{target}' cannot be imported ({type(err).__name__}: {err}); "
             "give an importable path (package.module.Class) on PYTHONPATH"

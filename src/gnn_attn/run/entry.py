@@ -28,7 +28,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from gnn_attn.config import conf_dir
 from gnn_attn.errors import UserError, exits_cleanly, is_out_of_memory, out_of_memory_error
@@ -120,6 +120,9 @@ def check_command_line(argv: list[str], config_name: str) -> None:
                 cfg = compose(config_name, overrides=job, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(describe(err)) from err
+    missing = [k for k in cfg if k != "hydra" and OmegaConf.is_missing(cfg, k)]
+    if missing:
+        raise UserError(f"{missing[0]}: missing mandatory value; pass {missing[0]}=...")
     key = "sweep" if multirun or cfg.hydra.mode == "MULTIRUN" else "run"
     _check_writable(Path(OmegaConf.select(cfg, f"hydra.{key}.dir")), f"hydra.{key}.dir")
 
@@ -155,9 +158,14 @@ def describe(err: BaseException) -> str:
                 f"unknown {group} '{choice}'; choose one of {', '.join(options)} "
                 f"({group}={options[0]})"
             )
-    if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
-        msg = " ".join(str(getattr(err, "msg", err)).split())
-        return f"{err.full_key}: {msg}; check the value (python train.py --cfg job shows them)"
+    cause: BaseException | None = err
+    while cause is not None:  # Hydra wraps OmegaConf's type errors
+        if isinstance(cause, ValidationError) and getattr(cause, "full_key", None):
+            msg = " ".join(str(getattr(cause, "msg", cause)).split())
+            return (
+                f"{cause.full_key}: {msg}; check the value (python train.py --cfg job shows them)"
+            )
+        cause = cause.__cause__
     text = " ".join(str(err).split())
     return f"{text[:300]}; check the spelling (python train.py --cfg job lists the keys)"
 
