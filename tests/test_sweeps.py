@@ -58,7 +58,7 @@ def test_failing_job_does_not_sink_the_sweep(tmp_path: Path, cache_dir: Path) ->
         check=False,
     )
     assert proc.returncode == 1
-    assert "model.heads must be ≥ 1" in proc.stderr
+    assert "model.heads must be an integer ≥ 1" in proc.stderr
     error = json.loads((tmp_path / "0" / "error.json").read_text())
     assert error["type"] == "UserError" and "model.heads" in error["error"]
     assert (tmp_path / "1" / "metrics.json").is_file()
