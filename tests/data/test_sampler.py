@@ -10,6 +10,9 @@ import torch.nn.functional as F
 
 from gnn_attn.data import PlanetoidDataModule
 from gnn_attn.data.sampler import NeighborBatches, NeighborSampler, gather_rows, receptive_field
+from torch_geometric.nn.models import GAT as PyGGAT
+from torch_geometric.nn.models import GraphSAGE
+
 from gnn_attn.models import GAT, MLP
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "planetoid"
@@ -147,3 +150,19 @@ def test_receptive_field_gives_the_whole_graph_loss_and_gradients(cora, version:
     loss_field.backward()
     for (name, p_whole), p_field in zip(whole.named_parameters(), field.parameters(), strict=True):
         torch.testing.assert_close(p_field.grad, p_whole.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("make", [lambda f, c: GraphSAGE(f, 16, 2, c), lambda f, c: PyGGAT(f, 8, 2, c)])
+def test_pyg_models_trim_our_batches_exactly(cora, make) -> None:
+    """PyG's own models take the hop sizes the classifier passes (PyG's convention):
+    on our sampled batches the seeds' logits are those of the untrimmed pass."""
+    torch.manual_seed(0)
+    net = make(cora.x.size(1), 7).eval()
+    sampler = NeighborSampler(cora.edge_index, cora.num_nodes)
+    seeds = cora.train_mask.nonzero().view(-1)
+    n_id, ei, nodes, edges = sampler.sample(seeds, [4, 4], torch.Generator().manual_seed(0))
+    x = gather_rows(cora.x, n_id).to_dense()
+    with torch.no_grad():
+        whole = net(x, ei)[: seeds.numel()]
+        trimmed = net(x, ei, num_sampled_nodes_per_hop=nodes, num_sampled_edges_per_hop=edges)
+    torch.testing.assert_close(trimmed[: seeds.numel()], whole, atol=1e-5, rtol=1e-5)
