@@ -64,14 +64,17 @@ def run_task(task: Task, cfg: DictConfig) -> Any:
                 )
                 sys.exit(128 + stop.signum)
             except Exception as err:
+                failure = err
                 if is_out_of_memory(err):
-                    raise out_of_memory_error(
-                        err, cfg.get("data", {}).get("loader", "full")
-                    ) from err
+                    loader = OmegaConf.select(cfg, "data.loader", default="full")
+                    failure = out_of_memory_error(err, loader)
+                    failure.__cause__ = err  # error.json keeps the original traceback
                 if is_multirun() and not full_error:
-                    record_failure(cfg.paths.output_dir, err)
-                    print(f"Error in job {cfg.paths.output_dir}: {err}", file=sys.stderr)
+                    record_failure(cfg.paths.output_dir, failure)
+                    print(f"Error in job {cfg.paths.output_dir}: {failure}", file=sys.stderr)
                     return float("nan")
+                if failure is not err:
+                    raise failure from err
                 raise
     finally:
         finish_wandb()
