@@ -14,8 +14,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from gnn_attn.callbacks import EarlyStoppingCheckpoint
 from gnn_attn.data import PlanetoidDataModule
 from gnn_attn.errors import UserError, exits_cleanly
+from gnn_attn.run.build import config_error
 from gnn_attn.run.entry import check_command_line, run_task
 from gnn_attn.run.train import train
 from tests.conftest import CONF, ROOT, read_metrics, run_cli, train_overrides
@@ -45,7 +47,7 @@ BAD_INPUT = [
     (["model.version=v3"], "Error: model.version 'v3' is unknown; choose v1 or v2"),
     (["model._target_=nowhere.Net"], "Error: model._target_ 'nowhere.Net' cannot be imported"),
     (["+model.heds=4"], "Error: model.heds is not an argument of gnn_attn.models.GAT"),
-    (["early_stopping.patience=-1"], "Error: early_stopping.patience must be ≥ 0"),
+    (["early_stopping.patience=-1"], "Error: early_stopping.patience must be an integer ≥ 0"),
     (["ckpt_path=/nonexistent/last.ckpt"], "Error: checkpoint not found"),
     (["model.dropout_per_head=maybe"], "Error: model.dropout_per_head must be true or false"),
     (
@@ -82,6 +84,23 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, capsys, overrides, message
     assert lines[-1].startswith(message), lines
     assert "Traceback" not in "\n".join(lines)
     assert not (out / "metrics.json").exists()
+
+
+def test_constructor_errors_are_named_as_config_keys() -> None:
+    """What a constructor says about its own argument, in the words of the config."""
+    node = {
+        "_target_": "gnn_attn.callbacks.EarlyStoppingCheckpoint",
+        "monitors": {},
+        "dirpath": ".",
+    }
+    with pytest.raises(ValueError) as info:
+        EarlyStoppingCheckpoint(".", monitors={"val/acc": "up"})
+    err = config_error("early_stopping", node, info.value)
+    assert str(err).startswith("early_stopping.monitors.val/acc must be min or max (got up)")
+    with pytest.raises(TypeError) as info:
+        EarlyStoppingCheckpoint(".", monitor="val/acc")  # type: ignore[call-arg]
+    err = config_error("early_stopping", node, info.value)
+    assert str(err).startswith("early_stopping.monitor is not an argument of gnn_attn.callbacks")
 
 
 @pytest.mark.parametrize(

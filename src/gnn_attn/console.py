@@ -1,14 +1,12 @@
-"""What a run prints: the config tree, and silence for messages that do not apply."""
+"""What a run prints: a short header, and silence for messages that do not apply."""
 
 from __future__ import annotations
 
 import logging
 import warnings
 
-import rich
-import rich.syntax
-import rich.tree
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 
 # Lightning messages that never apply to graph training as done here.
 _IGNORED_WARNINGS = (
@@ -25,25 +23,35 @@ _IGNORED_WARNINGS = (
     # DDP: the module sums its epoch metrics over ranks itself before logging them
     r".*when logging on epoch level in distributed setting.*",
 )
+# Libraries that announce their start-up on the console (plugin discovery, migrations).
+_QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning", "alembic", "stevedore")
 
 
 def quiet() -> None:
-    """Silence Lightning's tips and banners and warnings that do not apply here."""
+    """Silence Lightning's tips and banners, start-up chatter of other libraries, and
+    warnings that do not apply here."""
     for pattern in _IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+    for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def print_config(cfg: DictConfig, order: tuple[str, ...] = ("data", "model", "trainer")) -> None:
-    """Print the resolved config as a tree, one branch per top-level key."""
-    tree = rich.tree.Tree("config", guide_style="dim")
-    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
-    for key in keys:
-        value = cfg[key]
-        branch = tree.add(str(key), style="bold")
-        text = (
-            OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
-        )
-        branch.add(rich.syntax.Syntax(text.rstrip() or "{}", "yaml", theme="ansi_dark"))
-    rich.print(tree)
+def header(cfg: DictConfig, out_dir: str) -> list[str]:
+    """The run's header: what trains on what, the chosen groups, and the command-line
+    overrides (what differs from the defaults). The whole resolved config is written to
+    ``<run dir>/config.yaml``."""
+    choices, overrides = {}, []
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+        overrides = list(hc.overrides.task)
+    data = cfg.data.get("name") or choices.get("data", "?")
+    groups = " ".join(
+        f"{g}={choices[g]}" for g in ("trainer", "logger", "callbacks") if g in choices
+    )
+    lines = [f"{cfg.model.get('name', choices.get('model', '?'))} on {data} | seed {cfg.seed}"]
+    lines[0] += f" | {groups}" if groups else ""
+    lines[0] += f" | {out_dir}"
+    if overrides:
+        lines.append("overrides: " + " ".join(overrides))
+    return lines

@@ -26,7 +26,7 @@ from typing import Any
 from gnn_attn.analysis.jobs import Job, find_jobs
 from gnn_attn.errors import UserError, exits_cleanly
 
-METRICS = ("test/acc", "val/acc_best", "epochs", "fit_seconds")
+METRICS = ("test/acc", "val/acc_best", "epochs", "fit_seconds", "ms_per_epoch")
 
 
 def _split(override: str) -> tuple[str, str]:
@@ -71,7 +71,8 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
             if k in ("model", "data"):
                 row[k] = v
         for m in METRICS:
-            row[f"{m}_mean"], row[f"{m}_std"] = mean_std([float(j.metrics[m]) for j in done])
+            values = [float(j.metrics[m]) for j in done if m in j.metrics]
+            row[f"{m}_mean"], row[f"{m}_std"] = mean_std(values)
         rows.append(row)
     problems = [j for j in jobs if j.status != "ok"]
     _write_csv(sweep / "results.csv", rows)
@@ -94,11 +95,16 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
     return {"rows": rows, "jobs": len(jobs), "problems": [str(j.path) for j in problems]}
 
 
-def _cell(row: dict[str, Any]) -> str:
-    mean, std = row["test/acc_mean"], row["test/acc_std"]
+def _cell(
+    row: dict[str, Any], metric: str = "test/acc", scale: float = 100, digits: int = 1
+) -> str:
+    """``mean ± std`` of a group (``± –`` for a single run); ``failed`` or ``unfinished``
+    (still running, or interrupted) when no job of the group finished."""
+    mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
     if math.isnan(mean):
-        return "–"
-    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+        return "failed" if row["failed"] and not row["unfinished"] else "unfinished"
+    spread = "–" if row["n"] < 2 else f"{scale * std:.{digits}f}"
+    return f"{scale * mean:.{digits}f} ± {spread}"
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -126,14 +132,19 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         return "Test accuracy (%), mean ± std over seeds\n\n" + "\n".join(lines)
     lines = [
-        "| group | n | test/acc (%) | val/acc_best (%) | epochs | fit s | failed |",
-        "|---|---|---|---|---|---|---|",
+        "| group | n | test/acc (%) | val/acc_best (%) | epochs | fit s | ms/epoch | failed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        val = f"{100 * r['val/acc_best_mean']:.1f} ± {100 * r['val/acc_best_std']:.1f}"
+        cells = [
+            _cell(r),
+            _cell(r, "val/acc_best"),
+            _cell(r, "epochs", 1, 0),
+            _cell(r, "fit_seconds", 1, 2),
+            _cell(r, "ms_per_epoch", 1, 1),
+        ]
         lines.append(
-            f"| {r['group']} | {r['n']} | {_cell(r)} | {val} | {r['epochs_mean']:.0f} | "
-            f"{r['fit_seconds_mean']:.2f} | {r['failed'] + r['unfinished']} |"
+            f"| {r['group']} | {r['n']} | {' | '.join(cells)} | {r['failed'] + r['unfinished']} |"
         )
     return "\n".join(lines)
 

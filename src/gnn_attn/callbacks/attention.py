@@ -54,7 +54,7 @@ class AttentionAnalysis(PictureCallback):
             warnings.warn(
                 f"attention analysis: {type(pl_module.net).__name__} has no "
                 "attention weights; skipped",
-                stacklevel=2,
+                stacklevel=1,
             )
             return
         self.safely("attention analysis", lambda: self._run(trainer, pl_module))

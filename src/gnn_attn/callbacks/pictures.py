@@ -34,7 +34,7 @@ class PictureCallback(Callback):
             fn()
         except Exception as err:  # a picture must never cost the run
             warnings.warn(
-                f"{type(self).__name__}: {what} failed ({type(err).__name__}: {err})", stacklevel=2
+                f"{type(self).__name__}: {what} failed ({type(err).__name__}: {err})", stacklevel=1
             )
 
     @staticmethod

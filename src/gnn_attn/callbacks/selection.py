@@ -54,9 +54,9 @@ class EarlyStoppingCheckpoint(Callback):
         self.monitors = dict(monitors or {"val/loss": "min", "val/acc": "max"})
         for name, mode in self.monitors.items():
             if mode not in ("min", "max"):
-                raise UserError(f"early_stopping.monitors.{name} must be min or max (got {mode})")
-        if patience < 0:
-            raise UserError(f"early_stopping.patience must be ≥ 0 (got {patience})")
+                raise ValueError(f"monitors.{name} must be min or max (got {mode})")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be an integer ≥ 0 (got {patience!r})")
         self.dirpath = Path(dirpath)
         self.patience = patience
         self.save_last = save_last

@@ -53,7 +53,7 @@ def config_error(key: str, node: Any, err: BaseException) -> UserError:
     if missing:
         return UserError(f"{target} needs {missing.group(1)}; add it to the {key} config")
     first = re.match(r"[\w.]+", text)
-    if first and first.group(0) in keys:
+    if first and first.group(0).split(".")[0] in keys:
         return UserError(f"{key}.{text}")
     return UserError(f"{key} ({target}): {text}")
 
@@ -125,6 +125,8 @@ def build_data_and_model(
     data_kwargs = {}
     if not getattr(net_class, "supports_csr", False) and "sparse_features" in cfg.data:
         data_kwargs["sparse_features"] = False
+    if is_multirun() and "verbose" in cfg.data:  # a sweep job: one start, one result line
+        data_kwargs["verbose"] = False
     datamodule: NodeDataModule = build_node("data", cfg.data, **data_kwargs)
     datamodule.setup(stage)
 
@@ -209,7 +211,9 @@ def build_callbacks(
     callbacks: list[L.Callback] = [selection, stop, timer]
     callbacks += [build_node(f"callbacks.{k}", c) for k, c in (cfg.get("callbacks") or {}).items()]
     if cfg.trainer.get("enable_progress_bar", True) and cfg.get("progress_bar"):
-        callbacks.append(build_node("progress_bar", cfg.progress_bar))
+        progress = build_node("progress_bar", cfg.progress_bar)
+        if progress is not None:
+            callbacks.append(progress)
     return selection, stop, timer, callbacks
 
 

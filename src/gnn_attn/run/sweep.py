@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from gnn_attn.analysis.aggregate import aggregate
 from gnn_attn.analysis.jobs import ERROR_FILE, find_jobs
 
 
@@ -32,16 +33,22 @@ def record_failure(out_dir: str | Path, err: BaseException) -> None:
 
 
 class SweepStatus(Callback):
-    """Hydra callback: at the end of a multirun, list failed jobs and exit with status 1
-    if any failed (the other jobs still ran to completion)."""
+    """Hydra callback: when a multirun ends (any launcher), its jobs are aggregated as
+    ``make table`` does — the table printed and written into the sweep dir
+    (``results.{md,csv,png}``) — then failed jobs are listed with their reason and the
+    exit status is 1 if any failed (the other jobs still ran to completion)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        jobs = find_jobs(config.hydra.sweep.dir)
+        sweep_dir = config.hydra.sweep.dir
+        jobs = find_jobs(sweep_dir)
         failed = [j for j in jobs if j.status != "ok"]
-        ok = len(jobs) - len(failed)
-        print(f"sweep: {ok} of {len(jobs)} jobs finished in {config.hydra.sweep.dir}")
+        listed = False
+        if len(failed) < len(jobs):
+            print()
+            listed = bool(aggregate(sweep_dir)["problems"])  # prints the table and failures
+        print(f"sweep: {len(jobs) - len(failed)} of {len(jobs)} jobs finished in {sweep_dir}")
         if failed:
-            for j in failed:
+            for j in [] if listed else failed:
                 why = (j.error or {}).get("error", "no metrics.json")
                 print(
                     f"  {j.status}: {j.path.name} ({' '.join(j.overrides)}): {why}", file=sys.stderr

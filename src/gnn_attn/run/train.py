@@ -12,10 +12,11 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from gnn_attn.console import print_config, quiet
+from gnn_attn.console import header, quiet
 from gnn_attn.errors import TrainingDiverged, UserError
 from gnn_attn.models import count_parameters
 from gnn_attn.run.build import (
@@ -25,7 +26,8 @@ from gnn_attn.run.build import (
     build_node,
     load_run_config,
 )
-from gnn_attn.run.distributed import ddp_group, world_size
+from gnn_attn.run.distributed import ddp_group, is_worker, world_size
+from gnn_attn.run.sweep import is_multirun
 
 
 class Interrupted(Exception):
@@ -84,8 +86,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     quiet()
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("print_config"):
-        print_config(cfg)
+    if not is_worker():
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+        if cfg.get("print_config") and not is_multirun():  # a sweep: Hydra's job line
+            print("\n".join(header(cfg, str(out_dir))), flush=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     with ddp_group(cfg, run) as world:
@@ -103,8 +107,14 @@ def _run(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
     datamodule, module = build_data_and_model(cfg, "fit", run_config)
     selection, stop, timer, callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
+    # a live bar only where one was built (a terminal); else Lightning would add its own
+    live = any(isinstance(c, ProgressBar) for c in callbacks)
     trainer: L.Trainer = build_node(
-        "trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False
+        "trainer",
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_progress_bar=live,
     )
     for lg in loggers:
         lg.log_hyperparams(run_config)
