@@ -118,7 +118,7 @@ class AttentionAnalysis(PictureCallback):
                 ax.plot([0, top], [0, top], ls="--", color="gray", lw=1, label="uniform")
                 nz = uniform.numpy() > 0
                 ratio = float(np.mean(e[nz] / uniform.numpy()[nz])) if nz.any() else 1.0
-                ax.set_title(f"layer {li}, head {k + 1}: H/log(d+1) = {ratio:.2f}", fontsize=9)
+                ax.set_title(f"layer {li}, head {k + 1}: H / H_uniform = {ratio:.2f}", fontsize=9)
                 ax.set_xlim(-0.1, top)
                 ax.set_ylim(-0.1, top)
                 ax.set_xlabel("uniform attention entropy log(attended edges)", fontsize=7)

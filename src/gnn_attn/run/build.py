@@ -210,7 +210,12 @@ def build_callbacks(
     stop, timer = StopOnSignal(), Timer(duration=None, verbose=False)
     callbacks: list[L.Callback] = [selection, stop, timer]
     callbacks += [build_node(f"callbacks.{k}", c) for k, c in (cfg.get("callbacks") or {}).items()]
-    if cfg.trainer.get("enable_progress_bar", True) and cfg.get("progress_bar"):
+    # a sweep job prints one start and one result line: no progress
+    if (
+        cfg.trainer.get("enable_progress_bar", True)
+        and cfg.get("progress_bar")
+        and not is_multirun()
+    ):
         progress = build_node("progress_bar", cfg.progress_bar)
         if progress is not None:
             callbacks.append(progress)
