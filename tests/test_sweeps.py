@@ -8,6 +8,7 @@ import math
 import statistics
 from pathlib import Path
 
+import optuna
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -89,6 +90,15 @@ def test_optuna_search_runs_trials_and_returns_the_objective(
     best = float(results.split("best_value:")[1].split()[0])
     assert best == pytest.approx(max(values))
     assert "sweep: 3 of 3 jobs finished" in proc.stdout
+    # it tunes GAT, stores its study, and ends with the best trial and Optuna's plots
+    assert {
+        json.loads((tmp_path / str(i) / "metrics.json").read_text())["model"] for i in range(3)
+    } == {"gat"}
+    study = optuna.load_study(study_name="gat_optuna", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert len(study.trials) == 3 and study.best_value == pytest.approx(best)
+    assert "best trial #" in proc.stdout and "python train.py" in proc.stdout
+    assert (tmp_path / "optuna_history.png").is_file()
+    assert (tmp_path / "optuna_importance.png").is_file()
 
 
 @pytest.mark.parametrize("name", ["paper_table", "seed_article", "attention_ablation"])

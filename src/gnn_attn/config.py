@@ -70,6 +70,15 @@ def gat_name(version: str) -> str:
     return "gat" if str(version) == "v1" else f"gat{version}"
 
 
+def optuna_storage(sweep_dir: str) -> str:
+    """``sqlite:///<sweep_dir>/optuna.db`` for ``hparams_search``, the folder made now
+    (Optuna creates the study before the first job makes the sweep dir). A later search
+    given ``hydra.sweeper.storage=<that URL>`` continues the study (the sweeper loads a
+    study that exists) in its own sweep dir."""
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(sweep_dir).resolve()}/optuna.db"
+
+
 def model_configs() -> dict[str, DictConfig]:
     """Every option of the ``model`` group (the files of ``conf/model/`` and of any
     search path added with ``hydra.searchpath``), composed, in their ``order``."""
@@ -101,6 +110,7 @@ def register() -> None:
         ("paper_datasets", paper_datasets),
         ("gat_name", gat_name),
         ("paper_models", paper_models),
+        ("optuna_storage", optuna_storage),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
