@@ -94,7 +94,8 @@ def test_ddp_jobs_in_a_sweep_each_write_one_run(tmp_path: Path, cache_dir: Path)
         "seed=0,1",
         "trainer.max_epochs=2",
     )
-    assert sorted(p.name for p in sweep_dir.iterdir()) == ["0", "1", "multirun.yaml"]
+    names = sorted(p.name for p in sweep_dir.iterdir())  # + the table every sweep ends with
+    assert names == ["0", "1", "multirun.yaml", "results.csv", "results.md", "results.png"]
     for job in ("0", "1"):
         m = read_metrics(sweep_dir / job)
         assert m["processes"] == 2 and m["seed"] == int(job)

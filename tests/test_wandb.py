@@ -13,7 +13,7 @@ from tests.conftest import read_metrics, run_cli, train_overrides
 
 
 def test_wandb_offline_run_has_metrics_and_config(tmp_path: Path, cache_dir: Path) -> None:
-    run_cli(
+    cli = run_cli(
         "train.py",
         *train_overrides(
             tmp_path,
@@ -28,6 +28,8 @@ def test_wandb_offline_run_has_metrics_and_config(tmp_path: Path, cache_dir: Pat
     metrics = read_metrics(tmp_path)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
+    assert f"W&B offline: upload later with `wandb sync {runs[0]}`" in cli.stdout
+    assert (tmp_path / "csv" / "metrics.csv").is_file()  # the CSV log is kept alongside
     wandb_cli = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
     proc = subprocess.run(
         [wandb_cli, "leet", "inspect", "--summary", "--json", str(runs[0])],

@@ -188,8 +188,12 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
             lg_cfg.group = lg_cfg.group or group
         try:
             wandb_logger = instantiate(lg_cfg)
-            _ = wandb_logger.experiment  # starts the run now, not mid-training
+            run = wandb_logger.experiment  # starts the run now, not mid-training
             loggers.append(wandb_logger)
+            if run.settings.mode == "offline":
+                print(f"W&B offline: upload later with `wandb sync {Path(run.dir).parent}`")
+            elif getattr(run, "url", None):
+                print(f"W&B online: {run.url}")
         except Exception as err:
             warnings.warn(
                 f"W&B could not start ({type(err).__name__}: {err}); logging to "
