@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, instantiate
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import CSVLogger, Logger
 
 from gnn_attn.callbacks import EarlyStoppingCheckpoint
 from gnn_attn.config import model_configs, paper_models
@@ -99,7 +99,10 @@ def test_logger_choices_instantiate(tmp_path: Path, logger: str) -> None:
     cfg = compose_train(tmp_path, f"logger={logger}")
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     assert all(isinstance(lg, Logger) for lg in loggers)
-    assert len(loggers) == (0 if logger == "none" else 1)
+    # logger=wandb keeps the CSV log alongside
+    assert len(loggers) == {"none": 0, "wandb": 2}.get(logger, 1)
+    if logger == "wandb":
+        assert any(isinstance(lg, CSVLogger) for lg in loggers)
 
 
 @pytest.mark.parametrize("callbacks", choices("callbacks"))

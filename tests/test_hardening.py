@@ -62,6 +62,7 @@ BAD_INPUT = [
     (["data.loader=sampled"], "Error: data.loader 'sampled' is unknown; choose full or neighbor"),
     (["data=synthetic", "data.homophily=2"], "Error: data.homophily must be in [0, 1]"),
     (["trainer.max_epochs=0"], "Error: training ran no validation epoch"),
+    (["data=karate", "data.split=null"], "Error: data.split: karate has no val_mask, test_mask"),
     # a real allocation failure: a model far too wide for memory
     (["model=gat", "model.hidden_channels=1000000000"], "Error: out of memory (could not allocate"),
 ]
@@ -101,6 +102,21 @@ def test_constructor_errors_are_named_as_config_keys() -> None:
         EarlyStoppingCheckpoint(".", monitor="val/acc")  # type: ignore[call-arg]
     err = config_error("early_stopping", node, info.value)
     assert str(err).startswith("early_stopping.monitor is not an argument of gnn_attn.callbacks")
+
+
+def test_unknown_optimized_metric_is_one_line(tmp_path: Path, capsys) -> None:
+    """Known only once the run has its metrics: the run's files stay, the sweeper gets
+    one line instead of a KeyError."""
+    out = tmp_path / "out"
+    extra = ["model=mlp", "data=cora", "trainer.max_epochs=2", "optimized_metric=val/f1"]
+    args = [*train_overrides(out, tmp_path / "c", *extra), f"paths.output_dir={out}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=args)
+    with pytest.raises(SystemExit) as exit_info:
+        run_task(train, cfg)
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("Error: optimized_metric=val/f1 is not a metric of the run"), last
 
 
 @pytest.mark.parametrize(
@@ -145,7 +161,8 @@ def test_checkpoint_of_another_model_is_refused(tmp_path: Path, cache_dir: Path)
         check=False,
     )
     assert proc.returncode == 2
-    assert "is a gcn checkpoint but model=gat" in proc.stderr.strip().splitlines()[-1]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "is a gcn (gnn_attn.models.GCN) checkpoint but model=gat (gnn_attn.models.GAT)" in last
 
 
 def test_shipped_files_are_checked_against_sha256(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def graph_stats(data: Data) -> dict[str, Any]:
     """Size and split of a node-classification graph.
 
     ``edges`` counts undirected edges (``edge_index`` holds both directions); degrees are
-    :func:`~gnn_attn.analysis.graph.node_degree` (self-loops excluded).
+    :func:`node_degree` (self-loops excluded).
     """
     n = data.num_nodes
     deg = node_degree(data.edge_index, n).float()

@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -115,20 +115,19 @@ def build_data_and_model(
     The features stay CSR only for backbones that declare ``supports_csr``; the data
     module serves receptive fields to backbones whose outputs are exact on them
     (``exact_hops``)."""
-    if world_size(cfg) > 1 and cfg.data.get("loader", "full") == "full":
-        raise UserError(
-            f"trainer={cfg.trainer.get('strategy')} with {world_size(cfg)} processes needs "
-            "mini-batches: full-batch DDP gives no speed-up (every rank would process the "
-            "whole graph); add data.loader=neighbor or use trainer=cpu"
-        )
     net_class = backbone_class(cfg)
     data_kwargs = {}
-    if not getattr(net_class, "supports_csr", False) and "sparse_features" in cfg.data:
+    data_class = get_class(cfg.data._target_) if "_target_" in cfg.data else None
+    takes_csr = getattr(net_class, "supports_csr", False)
+    if not takes_csr and isinstance(data_class, type) and issubclass(data_class, NodeDataModule):
         data_kwargs["sparse_features"] = False
     if is_multirun() and "verbose" in cfg.data:  # a sweep job: one start, one result line
         data_kwargs["verbose"] = False
     datamodule: NodeDataModule = build_node("data", cfg.data, **data_kwargs)
-    datamodule.setup(stage)
+    try:
+        datamodule.setup(stage)
+    except (ValueError, TypeError) as err:  # e.g. a split rule the dataset cannot take
+        raise config_error("data", cfg.data, err) from err
 
     model = OmegaConf.to_container(cfg.model, resolve=True)
     settings = model_settings(model)
@@ -151,6 +150,16 @@ def build_data_and_model(
     if datamodule.loader == "full":
         datamodule.serve_receptive_fields(getattr(net, "exact_hops", None))
     return datamodule, module
+
+
+def check_ddp_loader(cfg: DictConfig) -> None:
+    """Full-batch DDP is refused before any rank starts."""
+    if world_size(cfg) > 1 and cfg.data.get("loader", "full") == "full":
+        raise UserError(
+            f"trainer={cfg.trainer.get('strategy')} with {world_size(cfg)} processes needs "
+            "mini-batches: full-batch DDP gives no speed-up (every rank would process the "
+            "whole graph); add data.loader=neighbor or use trainer=cpu"
+        )
 
 
 def _check_fanouts(cfg: DictConfig, net: torch.nn.Module) -> None:

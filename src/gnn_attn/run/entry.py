@@ -26,6 +26,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
@@ -126,7 +127,7 @@ def check_command_line(argv: list[str], config_name: str) -> None:
     missing = [k for k in cfg if k != "hydra" and OmegaConf.is_missing(cfg, k)]
     if missing:
         raise UserError(f"{missing[0]}: missing mandatory value; pass {missing[0]}=...")
-    key = "sweep" if multirun or cfg.hydra.mode == "MULTIRUN" else "run"
+    key = "sweep" if multirun or cfg.hydra.mode == RunMode.MULTIRUN else "run"
     _check_writable(Path(OmegaConf.select(cfg, f"hydra.{key}.dir")), f"hydra.{key}.dir")
 
 

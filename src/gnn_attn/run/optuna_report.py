@@ -36,6 +36,8 @@ class OptunaReport(Callback):
             return
         best = study.best_trial
         base = [o for o in config.hydra.overrides.task if not o.startswith("hparams_search=")]
+        if not any(o.startswith("model=") for o in base):  # the search file's choice
+            base.insert(0, f"model={config.hydra.runtime.choices.model}")
         params = [f"{k}={v}" for k, v in best.params.items()]
         print(
             f"best trial #{best.number} of {len(done)}: {config.optimized_metric} "

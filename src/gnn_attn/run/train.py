@@ -24,6 +24,7 @@ from gnn_attn.run.build import (
     build_data_and_model,
     build_loggers,
     build_node,
+    check_ddp_loader,
     load_run_config,
 )
 from gnn_attn.run.distributed import ddp_group, is_worker, world_size
@@ -59,8 +60,9 @@ def check_resume(cfg: DictConfig) -> str | None:
         theirs, ours = stored[key].get("name"), cfg[key].get("name")
         if theirs != ours or stored[key].get("_target_") != cfg[key].get("_target_"):
             raise UserError(
-                f"ckpt_path {path} is a {theirs} checkpoint but {key}={ours}; pass "
-                f"{key}={theirs} or another checkpoint"
+                f"ckpt_path {path} is a {theirs} ({stored[key].get('_target_')}) checkpoint "
+                f"but {key}={ours} ({cfg[key].get('_target_')}); pass {key}={theirs} or "
+                "another checkpoint"
             )
     return str(resolved)
 
@@ -74,7 +76,14 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def train(cfg: DictConfig) -> float:
     """The task of ``train.py``: :func:`run`, returning ``cfg.optimized_metric``."""
-    return run(cfg)[cfg.get("optimized_metric") or "val/acc_best"]
+    key = cfg.get("optimized_metric") or "val/acc_best"
+    metrics = run(cfg)
+    if key not in metrics:
+        raise UserError(
+            f"optimized_metric={key} is not a metric of the run; use one of "
+            f"{', '.join(k for k in metrics if k.startswith('val/'))}"
+        )
+    return metrics[key]
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -91,14 +100,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("print_config") and not is_multirun():  # a sweep: Hydra's job line
             print("\n".join(header(cfg, str(out_dir))), flush=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-
+    check_ddp_loader(cfg)
     with ddp_group(cfg, run) as world:
         if world > 1 and cfg.trainer.get("accelerator") == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         try:
             return _run(cfg, out_dir, started)
         except TrainingDiverged as err:
-            write_json(out_dir / "metrics.json", {"status": "failed", "error": str(err)})
+            if not is_worker():  # DDP: rank 0 writes
+                write_json(out_dir / "metrics.json", {"status": "failed", "error": str(err)})
             raise
 
 
