@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from gnn_attn.analysis.graph import (
@@ -12,6 +13,7 @@ from gnn_attn.analysis.graph import (
     degree_buckets,
     self_attention_share,
     uniform_entropy,
+    wilson_interval,
 )
 from gnn_attn.data import node_degree
 
@@ -70,3 +72,14 @@ def test_peaked_attention_has_zero_entropy_and_self_share() -> None:
     alpha = torch.tensor([[1.0], [0.0], [1.0]])
     assert torch.allclose(attention_entropy(ei, alpha, 2), torch.zeros(2, 1))
     assert float(self_attention_share(ei, alpha)) == 1.0
+
+
+def test_wilson_interval_covers_the_proportion_and_stays_in_range() -> None:
+    low, high = wilson_interval(0, 12)
+    assert low == 0.0 and 0.24 < high < 0.25  # 12 isolated nodes, none right: still unsure
+    low, high = wilson_interval(12, 12)
+    assert high == pytest.approx(1.0) and 0.75 < low < 0.76
+    low, high = wilson_interval(300, 367)
+    assert low < 300 / 367 < high and high - low < 0.09  # a big bucket: a tight interval
+    rows = degree_buckets(torch.tensor([1, 1, 2]), torch.tensor([True, False, True]), 2)
+    assert all(r["ci_low"] <= r["accuracy"] <= r["ci_high"] for r in rows)

@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch_geometric.utils import degree, scatter
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    r"""Wilson score interval of a proportion :math:`k/n` (95 % for :math:`z = 1.96`):
+
+    .. math:: \frac{\hat p + \frac{z^2}{2n} \pm z\sqrt{\frac{\hat p(1-\hat p)}{n}
+        + \frac{z^2}{4n^2}}}{1 + \frac{z^2}{n}}
+
+    Unlike :math:`\hat p \pm z\sqrt{\hat p(1-\hat p)/n}` it stays inside [0, 1] and is
+    not empty at :math:`k = 0` or :math:`k = n` (small degree buckets)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    denom = 1 + z * z / n
+    return max(0.0, (centre - half) / denom), min(1.0, (centre + half) / denom)
 
 
 def degree_buckets(deg: Tensor, correct: Tensor, max_bucket: int) -> list[dict[str, object]]:
@@ -16,7 +35,8 @@ def degree_buckets(deg: Tensor, correct: Tensor, max_bucket: int) -> list[dict[s
         max_bucket: first degree pooled into the last bucket.
 
     Returns one dict per non-empty bucket: ``bucket`` (label), ``low`` (smallest degree),
-    ``count``, ``correct``, ``accuracy``.
+    ``count``, ``correct``, ``accuracy``, and its 95 % Wilson interval ``ci_low``,
+    ``ci_high`` (:func:`wilson_interval`).
     """
     rows = []
     for low in range(max_bucket + 1):
@@ -26,6 +46,7 @@ def degree_buckets(deg: Tensor, correct: Tensor, max_bucket: int) -> list[dict[s
             continue
         right = int(correct[in_bucket].sum())
         label = f"≥{low}" if low == max_bucket else str(low)
+        ci_low, ci_high = wilson_interval(right, count)
         rows.append(
             {
                 "bucket": label,
@@ -33,6 +54,8 @@ def degree_buckets(deg: Tensor, correct: Tensor, max_bucket: int) -> list[dict[s
                 "count": count,
                 "correct": right,
                 "accuracy": right / count,
+                "ci_low": ci_low,
+                "ci_high": ci_high,
             }
         )
     return rows
@@ -79,4 +102,5 @@ __all__ = [
     "degree_buckets",
     "self_attention_share",
     "uniform_entropy",
+    "wilson_interval",
 ]

@@ -17,8 +17,9 @@ class DegreeAccuracy(PictureCallback):
 
     Buckets are degrees ``0, 1, …, max_bucket - 1`` and ``≥ max_bucket`` (degree = number
     of neighbours, self-loops excluded). Writes ``degree_accuracy.csv`` (bucket, count,
-    correct, accuracy) and ``degree_accuracy.png``: one bar per bucket, the node count
-    written on each bar, the overall test accuracy as a dashed line. Adds
+    correct, accuracy, its 95 % Wilson interval) and ``degree_accuracy.png``: one bar per
+    bucket with its interval, the node count written above it, the overall test accuracy
+    as a dashed line. Adds
     ``degree/acc_low`` (degree ≤ 2) and ``degree/acc_high`` (degree > 2) to the summary.
 
     Args:
@@ -47,7 +48,7 @@ class DegreeAccuracy(PictureCallback):
         correct = (pred[mask] == data.y[mask]).cpu()
         rows = degree_buckets(deg, correct, self.max_bucket)
         with (self.output_dir / "degree_accuracy.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["bucket", "low", "count", "correct", "accuracy"])
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
         low = deg <= 2
@@ -56,20 +57,27 @@ class DegreeAccuracy(PictureCallback):
                 self.summary[key] = round(float(correct[sel].float().mean()), 4)
         overall = float(correct.float().mean())
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        bars = ax.bar(
-            [r["bucket"] for r in rows], [100 * r["accuracy"] for r in rows], color="#55A868"
-        )
+        acc = [100 * r["accuracy"] for r in rows]
+        err = [
+            [a - 100 * r["ci_low"] for a, r in zip(acc, rows, strict=True)],
+            [100 * r["ci_high"] - a for a, r in zip(acc, rows, strict=True)],
+        ]
+        bars = ax.bar([r["bucket"] for r in rows], acc, yerr=err, capsize=3, color="#55A868")
         for bar, r in zip(bars, rows, strict=True):
             ax.annotate(
                 f"n={r['count']}",
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                (bar.get_x() + bar.get_width() / 2, 100 * r["ci_high"]),
                 ha="center",
                 va="bottom",
                 fontsize=8,
             )
         ax.axhline(100 * overall, ls="--", color="gray", label=f"all test nodes {overall:.1%}")
         name = getattr(trainer.datamodule, "name", "graph")
-        ax.set_title(f"Test accuracy by node degree — {self.model_name(pl_module)} on {name}")
+        ax.set_title(
+            f"Test accuracy by node degree — {self.model_name(pl_module)} on {name}\n"
+            "bars: 95 % Wilson intervals (small buckets are uncertain)",
+            fontsize=10,
+        )
         ax.set_xlabel("node degree (neighbours)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_ylim(0, 105)
