@@ -168,6 +168,8 @@ class NodeDataModule(L.LightningDataModule):
         """Full batch: serve each stage's ``hops``-hop receptive field (seeds first)
         instead of the whole graph; ``None``: the whole graph (see the class doc)."""
         self._field_hops = hops
+        stale = {id(f) for f in self._fields.values()}
+        self._on_device = {k: v for k, v in self._on_device.items() if k[0] not in stale}
         self._fields.clear()
 
     @property
