@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch_geometric.utils import degree
 
 from gnn_attn.analysis.graph import (
     attended_degree,
@@ -15,6 +16,8 @@ from gnn_attn.analysis.graph import (
     uniform_entropy,
     wilson_interval,
 )
+from gnn_attn.callbacks import AttentionAnalysis
+from gnn_attn.callbacks.tsne import pick_nodes
 from gnn_attn.data import node_degree
 
 
@@ -83,3 +86,40 @@ def test_wilson_interval_covers_the_proportion_and_stays_in_range() -> None:
     assert low < 300 / 367 < high and high - low < 0.09  # a big bucket: a tight interval
     rows = degree_buckets(torch.tensor([1, 1, 2]), torch.tensor([True, False, True]), 2)
     assert all(r["ci_low"] <= r["accuracy"] <= r["ci_high"] for r in rows)
+
+
+def two_stars() -> torch.Tensor:
+    """Hubs 0 and 5, each with three leaves (both directions, self-loops everywhere)."""
+    pairs = [(0, 1), (0, 2), (0, 3), (5, 6), (5, 7), (5, 8)]
+    src = [a for a, b in pairs] + [b for a, b in pairs] + list(range(9))
+    dst = [b for a, b in pairs] + [a for a, b in pairs] + list(range(9))
+    return torch.tensor([src, dst])
+
+
+def test_node_view_chooses_the_test_node_farthest_from_uniform(tmp_path) -> None:
+    ei = two_stars()
+    alpha = torch.ones(ei.size(1), 2)
+    into = ei[1]
+    alpha = alpha / degree(into, 9)[into].unsqueeze(1)  # uniform everywhere ...
+    hub = (into == 5).nonzero().flatten()
+    alpha[hub] = torch.tensor([[0.7, 0.7], [0.1, 0.1], [0.1, 0.1], [0.1, 0.1]])  # ... but 5
+    deg = node_degree(ei, 9)
+    test = torch.zeros(9, dtype=torch.bool)
+    test[[0, 5]] = True
+    cb = AttentionAnalysis(str(tmp_path), min_degree=3, max_degree=12)
+    assert cb.choose_node((ei, alpha), test, deg) == 5
+    test[5] = False  # 5 is no test node: the uniform hub 0 is the only candidate
+    assert cb.choose_node((ei, alpha), test, deg) == 0
+    cb = AttentionAnalysis(str(tmp_path), min_degree=4, max_degree=12)
+    assert cb.choose_node((ei, alpha), test, deg) == 5  # no candidate: any node
+
+
+def test_tsne_subset_keeps_every_test_node() -> None:
+    test = torch.zeros(5000, dtype=torch.bool)
+    test[torch.randperm(5000, generator=torch.Generator().manual_seed(0))[:1000]] = True
+    keep = pick_nodes(test.numpy(), 1500, seed=0)
+    assert len(keep) == len(set(keep.tolist())) == 1500
+    assert set(test.nonzero().flatten().tolist()) <= set(keep.tolist())
+    assert (keep == pick_nodes(test.numpy(), 1500, seed=0)).all()
+    assert len(pick_nodes(test.numpy(), 600, seed=0)) == 600  # fewer than the test nodes
+    assert len(pick_nodes(test.numpy()[:900], 1500, seed=0)) == 900  # small graph: all

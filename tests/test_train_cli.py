@@ -151,7 +151,7 @@ PICTURES = (
     "tsne_before.png",
     "tsne_after.png",
     "degree_accuracy.png",
-    "attention_entropy.png",
+    "attention_summary.png",
     "attention_node.png",
     "degree_histogram.png",
 )

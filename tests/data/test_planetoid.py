@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gnn_attn.data import PlanetoidDataModule
+from gnn_attn.data.planetoid import CLASS_NAMES, CLASS_SIZES
 from gnn_attn.errors import UserError
 from tests.conftest import ROOT
 
@@ -38,6 +39,16 @@ def test_counts_match_the_papers(name: str, cache_dir: Path) -> None:
     (batch,) = list(dm.train_dataloader())
     assert batch is data
     assert name.lower() in dm.report().lower() and str(nodes) in dm.report()
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_class_names_follow_from_the_class_sizes(name: str, cache_dir: Path) -> None:
+    """The names are those of the LINQS class with the same size (sizes are distinct)."""
+    dm = PlanetoidDataModule(name, data_dir=str(DATA), cache_dir=str(cache_dir), verbose=False)
+    dm.setup("fit")
+    sizes = torch.bincount(dm.data.y).tolist()
+    assert sizes == CLASS_SIZES[dm.name] and len(set(sizes)) == len(sizes)
+    assert len(dm.class_names) == dm.num_classes == len(CLASS_NAMES[dm.name])
 
 
 def test_features_are_row_normalised(cache_dir: Path) -> None:

@@ -70,6 +70,8 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
             k, v = _split(o)
             if k in ("model", "data"):
                 row[k] = v
+        names = {str(j.metrics.get("dataset")) for j in done if j.metrics.get("dataset")}
+        row["dataset"] = ", ".join(sorted(names))
         for m in METRICS:
             values = [float(j.metrics[m]) for j in done if m in j.metrics]
             row[f"{m}_mean"], row[f"{m}_std"] = mean_std(values)
@@ -107,9 +109,11 @@ def _cell(
     return f"{scale * mean:.{digits}f} ± {spread}"
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    """Paper layout (models × datasets) when every group is exactly one model and one
-    dataset; otherwise one row per group."""
+def paper_layout(
+    rows: list[dict[str, Any]],
+) -> tuple[list[str], list[str], dict[tuple[str, str], dict[str, Any]]] | None:
+    """``(models, datasets, row by (model, dataset))`` when every group is exactly one
+    model and one dataset (models in their ``order``, datasets as they came); else None."""
     pairs = [(r.get("model"), r.get("data")) for r in rows]
     paper = (
         all(m and d for m, d in pairs)
@@ -118,11 +122,20 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             set(r["group"].split(",")) <= {f"model={r['model']}", f"data={r['data']}"} for r in rows
         )
     )
-    if paper:
-        order = {r["model"]: r["order"] for r in rows}
-        models = sorted({m for m, _ in pairs}, key=lambda m: (order[m], m))
-        datasets = list(OrderedDict.fromkeys(d for _, d in pairs))
-        by = {(r["model"], r["data"]): r for r in rows}
+    if not paper:
+        return None
+    order = {r["model"]: r["order"] for r in rows}
+    models = sorted({m for m, _ in pairs}, key=lambda m: (order[m], m))
+    datasets = list(OrderedDict.fromkeys(d for _, d in pairs))
+    return models, datasets, {(r["model"], r["data"]): r for r in rows}
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """Paper layout (models × datasets, :func:`paper_layout`) when the sweep has that
+    shape; otherwise one row per group."""
+    layout = paper_layout(rows)
+    if layout:
+        models, datasets, by = layout
         lines = ["| model | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
         for m in models:
             cells = [
@@ -158,36 +171,73 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Bars of mean test accuracy with ±std error bars, one per group."""
+    """Bars of mean test accuracy, error bars = std over seeds, the value above each bar.
+
+    Paper layout: one group of bars per dataset, one bar per model, in ``results.md``'s
+    order; otherwise one bar per group in the table's order, the dataset(s) in the title.
+    The y-axis starts at a floor 5 points below the lowest mean − std (rounded down to
+    5), so a 1-point gap is not drawn as a tenfold one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # long override lists (one group: every override is common) are wrapped and cut
-    labels = [textwrap.shorten(r["group"].replace(",", ", "), 80) for r in rows]
-    labels = ["\n".join(textwrap.wrap(label, 30)) for label in labels]
-    means = [100 * r["test/acc_mean"] for r in rows]
-    stds = [100 * r["test/acc_std"] for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4.5))
-    bars = ax.bar(range(len(rows)), means, yerr=stds, capsize=4, color="#4C72B0")
-    ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
-    finite = [m for m in means if not math.isnan(m)]
-    low = max(0, min(finite, default=0) - 10)
-    ax.set_ylim(low, 100)
-    for bar, r in zip(bars, rows, strict=True):
-        ax.annotate(
-            f"n={r['n']}",
-            (bar.get_x() + bar.get_width() / 2, low + 1),
-            ha="center",
-            fontsize=7,
-            color="white",
-        )
-    ax.set_title(f"Sweep {title}")
+    layout = paper_layout(rows)
+    if layout:
+        models, datasets, by = layout
+        width = 0.8 / len(models)
+        slots = [
+            (di + (mi - (len(models) - 1) / 2) * width, by.get((m, d)), m)
+            for di, d in enumerate(datasets)
+            for mi, m in enumerate(models)
+        ]
+        ticks, labels = list(range(len(datasets))), [by_dataset_name(by, d) for d in datasets]
+    else:
+        width = 0.7
+        slots = [(i, r, r["group"]) for i, r in enumerate(rows)]
+        ticks = list(range(len(rows)))
+        short = [textwrap.shorten(r["group"].replace(",", ", "), 80) for r in rows]
+        labels = ["\n".join(textwrap.wrap(label, 28)) for label in short]
+        names = sorted({r["dataset"] for r in rows if r.get("dataset")})
+        title = f"{title} — {', '.join(names)}" if names else title
+    stats = [
+        (100 * r["test/acc_mean"], 100 * r["test/acc_std"]) if r else (math.nan, math.nan)
+        for _, r, _ in slots
+    ]
+    finite = [(m, 0.0 if math.isnan(s) else s) for m, s in stats if not math.isnan(m)]
+    floor = max(0.0, 5 * math.floor((min((m - s for m, s in finite), default=5) - 5) / 5))
+    top = min(100.0, max((m + s for m, s in finite), default=95) + 4)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(slots) + 2.5), 4.6))
+    palette = plt.get_cmap("tab10")
+    colors = {m: palette(i % 10) for i, m in enumerate(models)} if layout else {}
+    labelled: set[str] = set()
+    for (x, r, key), (mean, std) in zip(slots, stats, strict=True):
+        if r is None or math.isnan(mean):
+            continue
+        legend = key if layout and key not in labelled else None
+        labelled.add(key)
+        ax.bar(x, mean - floor, width * 0.95, bottom=floor, yerr=0 if r["n"] < 2 else std,
+               capsize=3, color=colors.get(key, "#4C72B0"), label=legend)  # fmt: skip
+        ax.annotate(f"{mean:.1f}", (x, mean + (std if r["n"] > 1 else 0) + 0.3), ha="center",
+                    va="bottom", fontsize=7)  # fmt: skip
+        ax.annotate(f"n={r['n']}", (x, floor + 0.3), ha="center", va="bottom", fontsize=6,
+                    color="white")  # fmt: skip
+    ax.set_xticks(ticks, labels, fontsize=8, rotation=0 if layout else 40,
+                  ha="center" if layout else "right")  # fmt: skip
+    ax.set_ylim(floor, top)
+    ax.set_ylabel(f"test accuracy (%), axis from {floor:.0f}")
+    if layout:
+        ax.legend(fontsize=8, ncols=min(len(models), 4), loc="upper right")
+    ax.set_title(f"Test accuracy, mean ± std over seeds — {title}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def by_dataset_name(by: dict[tuple[str, str], dict[str, Any]], data: str) -> str:
+    """A dataset's display name (``CiteSeer``) from its jobs' metrics, else the choice."""
+    names = [r["dataset"] for (_, d), r in by.items() if d == data and r.get("dataset")]
+    return names[0] if names else data
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,7 @@
 from gnn_attn.callbacks.attention import AttentionAnalysis
 from gnn_attn.callbacks.dataset_report import DatasetReport
 from gnn_attn.callbacks.degree_accuracy import DegreeAccuracy
+from gnn_attn.callbacks.predictions import NodePredictions
 from gnn_attn.callbacks.selection import EarlyStoppingCheckpoint
 from gnn_attn.callbacks.tsne import TSNEPlot
 
@@ -9,5 +10,6 @@ __all__ = [
     "DatasetReport",
     "DegreeAccuracy",
     "EarlyStoppingCheckpoint",
+    "NodePredictions",
     "TSNEPlot",
 ]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+from torch import Tensor
+from torch_geometric.data import Data
 
 from gnn_attn.analysis.graph import (
     attended_degree,
@@ -22,28 +25,45 @@ class AttentionAnalysis(PictureCallback):
     r"""Attention of the best-validation checkpoint, for backbones with ``has_attention``
     (GAT, GATv2; other models: one message, nothing else).
 
-    - ``attention_entropy.png``: per layer and head, every node's attention entropy
-      :math:`H_i = -\sum_j \alpha_{ij}\log\alpha_{ij}` against the entropy of uniform
-      attention :math:`\log a_i` over the :math:`a_i` edges it actually attends over
-      (:math:`\log(d_i + 1)` for layers with self-loops; what GCN-style averaging gives):
-      dots on the diagonal = uniform, below it = attention focused on few neighbours.
-    - summary: ``attention/self_share_l<l>`` (mean :math:`\alpha_{ii}` over nodes and
-      heads; only for layers with self-loops) and ``attention/entropy_ratio_l<l>`` (mean
-      :math:`H_i / \log a_i` over nodes attending over 2 edges or more; 1 = uniform).
+    - ``attention_summary.png``, one figure: left, per layer and head, the distribution
+      over nodes of the entropy ratio :math:`H_i / \log a_i`, where
+      :math:`H_i = -\sum_j lpha_{ij}\loglpha_{ij}` over the :math:`a_i` edges node
+      :math:`i` attends over (:math:`a_i = d_i + 1` with self-loops), for nodes with
+      :math:`a_i \ge 2` (box = quartiles, whiskers = 5–95 %); 1 = uniform attention, what
+      GCN-style averaging gives; lower = focused on few neighbours. Right, per layer and
+      head, the mean self-attention :math:`lpha_{ii}` against its uniform value
+      :math:`\operatorname{mean}_i 1/a_i` (layers with self-loops).
+    - summary: ``attention/entropy_ratio_l<l>`` (mean ratio over those nodes and heads)
+      and ``attention/self_share_l<l>`` (mean :math:`lpha_{ii}` over nodes and heads).
     - ``attention_node.png``: the 1-hop neighbourhood of one node, edge width and opacity
-      ∝ :math:`\alpha` (first layer, mean over heads), nodes coloured by class.
+      ∝ :math:`lpha` (first layer, mean over heads), nodes coloured by class. The node,
+      unless ``node`` is given: among test nodes with ``min_degree`` ≤ degree ≤
+      ``max_degree`` (enough neighbours to compare, few enough to draw), the one whose
+      attention is farthest from uniform, i.e. the largest
+      :math:`\mathrm{KL}(arlpha_i \,\|\, \mathrm{uniform}) = \log a_i - H(arlpha_i)`.
     - ``attention.pt``: every layer's ``edge_index`` :math:`(2, E')` and ``alpha``
       :math:`(E', K)`, plus ``y`` and the masks, for your own analysis.
 
     Args:
         output_dir: where the files go.
-        node: node to draw; ``null`` = the test node of highest degree ≤ ``max_degree``.
-        max_degree: largest degree of the default node (larger ones do not draw legibly).
+        node: node to draw; ``null`` = the rule above.
+        min_degree: smallest degree of the chosen node.
+        max_degree: largest degree of the chosen node (larger ones do not draw legibly).
     """
 
-    def __init__(self, output_dir: str, node: int | None = None, max_degree: int = 12) -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        node: int | None = None,
+        min_degree: int = 3,
+        max_degree: int = 12,
+    ) -> None:
         super().__init__(output_dir)
-        self.node, self.max_degree = node, max_degree
+        if min_degree > max_degree:
+            raise ValueError(
+                f"min_degree ({min_degree}) must be ≤ max_degree ({max_degree}); lower it"
+            )
+        self.node, self.min_degree, self.max_degree = node, min_degree, max_degree
         self._done = False
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -75,78 +95,117 @@ class AttentionAnalysis(PictureCallback):
             },
             self.output_dir / "attention.pt",
         )
-        entropies, uniforms = [], []
+        ratios: list[Tensor] = []  # per layer: (nodes with a_i ≥ 2, K)
+        shares: list[tuple[Tensor, float] | None] = []  # per layer: (α_ii per head, uniform)
         for i, (ei, a) in enumerate(layers, start=1):
-            ent = attention_entropy(ei, a, n)
             attended = attended_degree(ei, n)
-            uniform = uniform_entropy(attended)
-            entropies.append(ent)
-            uniforms.append(uniform)
-            share = self_attention_share(ei, a)
-            if share is not None:
-                self.summary[f"attention/self_share_l{i}"] = round(float(share.mean()), 4)
             choice = attended > 1  # a single edge has entropy 0 whatever the weights
+            ratio = attention_entropy(ei, a, n)[choice] / uniform_entropy(attended)[choice, None]
+            ratios.append(ratio)
             if bool(choice.any()):
-                ratio = ent[choice] / uniform[choice].unsqueeze(1)
                 self.summary[f"attention/entropy_ratio_l{i}"] = round(float(ratio.mean()), 4)
+            share = self_attention_share(ei, a)
+            if share is None:
+                shares.append(None)
+                continue
+            shares.append((share, float((1.0 / attended.clamp_min(1).float()).mean())))
+            self.summary[f"attention/self_share_l{i}"] = round(float(share.mean()), 4)
         name = getattr(trainer.datamodule, "name", "graph")
         title = f"{self.model_name(pl_module)} on {name}"
-        p1 = self._entropy_figure(entropies, uniforms, title)
-        p2 = self._node_figure(layers[0], data, deg, title)
-        self.publish(trainer, {"attention_entropy": p1, "attention_node": p2})
+        p1 = self._summary_figure(ratios, shares, title)
+        p2 = self._node_figure(layers[0], data, deg, title, self.class_names(trainer))
+        self.publish(trainer, {"attention_summary": p1, "attention_node": p2})
 
-    def _entropy_figure(self, entropies, uniforms, title):
+    def choose_node(self, layer: tuple[Tensor, Tensor], test: Tensor, deg: Tensor) -> int:
+        """The rule of the class doc: the test node of moderate degree whose mean-of-heads
+        attention is farthest (KL) from uniform; any node when none qualifies."""
+        ei, alpha = layer
+        n = deg.numel()
+        a = alpha.mean(dim=1, keepdim=True)
+        attended = attended_degree(ei, n)
+        kl = uniform_entropy(attended) - attention_entropy(ei, a, n)[:, 0]
+        ok = test & (deg >= self.min_degree) & (deg <= self.max_degree)
+        if not bool(ok.any()):
+            ok = deg > 0
+        return int(torch.where(ok, kl, torch.full_like(kl, -torch.inf)).argmax())
+
+    def _summary_figure(
+        self, ratios: list[Tensor], shares: list[tuple[Tensor, float] | None], title: str
+    ) -> Path:
         import matplotlib.pyplot as plt
 
-        heads = max(e.size(1) for e in entropies)
-        cols = min(heads, 4)
-        rows_per_layer = [-(-e.size(1) // cols) for e in entropies]
-        n_rows = sum(rows_per_layer)
-        fig, axes = plt.subplots(n_rows, cols, squeeze=False, figsize=(3.3 * cols, 3.0 * n_rows))
-        top = max(float(u.max()) for u in uniforms) * 1.05 + 0.05
-        jitter = np.random.default_rng(0).uniform(-0.03, 0.03, size=len(uniforms[0]))
-        r0 = 0
-        for li, ent in enumerate(entropies, start=1):
-            uniform = uniforms[li - 1]
-            for k in range(rows_per_layer[li - 1] * cols):
-                ax = axes[r0 + k // cols][k % cols]
-                if k >= ent.size(1):
-                    ax.axis("off")
-                    continue
-                e = ent[:, k].numpy()
-                ax.scatter(uniform.numpy() + jitter, e, s=2, alpha=0.3, color="#C44E52")
-                ax.plot([0, top], [0, top], ls="--", color="gray", lw=1, label="uniform")
-                nz = uniform.numpy() > 0
-                ratio = float(np.mean(e[nz] / uniform.numpy()[nz])) if nz.any() else 1.0
-                ax.set_title(f"layer {li}, head {k + 1}: H / H_uniform = {ratio:.2f}", fontsize=9)
-                ax.set_xlim(-0.1, top)
-                ax.set_ylim(-0.1, top)
-                ax.set_xlabel("uniform attention entropy log(attended edges)", fontsize=7)
-                ax.set_ylabel("attention entropy (nats)", fontsize=7)
-                ax.tick_params(labelsize=7)
-            r0 += rows_per_layer[li - 1]
-        axes[0][0].legend(fontsize=7, loc="upper left")
-        fig.suptitle(
-            f"Attention entropy per node against uniform attention — {title}\n"
-            "one dot per node; below the dashed line = sharper than averaging",
-            fontsize=10,
+        labels, boxes, colors = [], [], []
+        palette = plt.get_cmap("tab10")
+        for li, ratio in enumerate(ratios, start=1):
+            for k in range(ratio.size(1)):
+                labels.append(f"L{li}\nh{k + 1}" if ratio.size(1) > 1 else f"L{li}")
+                boxes.append(ratio[:, k].numpy())
+                colors.append(palette((li - 1) % 10))
+        fig, (left, right) = plt.subplots(
+            1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]}
         )
-        fig.tight_layout()
-        path = self.output_dir / "attention_entropy.png"
+        parts = left.boxplot(boxes, whis=(5, 95), showfliers=False, patch_artist=True,
+                             widths=0.6, medianprops={"color": "black"})  # fmt: skip
+        for patch, color in zip(parts["boxes"], colors, strict=True):
+            patch.set_facecolor(color)
+            patch.set_alpha(0.6)
+        left.axhline(1.0, ls="--", color="gray", lw=1, label="uniform (= averaging)")
+        left.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
+        left.set_ylabel("entropy / uniform entropy, per node")
+        left.set_ylim(min(0.0, min((float(b.min()) for b in boxes if b.size), default=0)), 1.08)
+        per_layer = ", ".join(
+            f"L{li} {float(r.mean()):.2f}" for li, r in enumerate(ratios, start=1) if r.numel()
+        )
+        left.set_title(
+            "Attention entropy ratio H/log a per layer (L) and head (h)\n"
+            f"mean over heads and nodes: {per_layer}",
+            fontsize=9,
+        )
+        left.legend(fontsize=8, loc="lower left")
+        spread = max((float(b.max() - b.min()) for b in boxes if b.size), default=0.0)
+        if spread < 0.01:  # say it in words: the boxes have collapsed onto the line
+            left.text(0.5, 0.45, "every node's attention is uniform:\nthe heads average "
+                      "their neighbours, as GCN does", transform=left.transAxes, ha="center",
+                      fontsize=9, color="#444")  # fmt: skip
+        names, values, uniform = [], [], []
+        for li, share in enumerate(shares, start=1):
+            if share is None:
+                continue
+            per_head, uni = share
+            for k, v in enumerate(per_head.tolist()):
+                names.append(f"L{li}\nh{k + 1}" if per_head.numel() > 1 else f"L{li}")
+                values.append(v)
+                uniform.append(uni)
+        if values:
+            x = np.arange(len(values))
+            right.bar(x, values, color="#8172B2", alpha=0.8, label="mean self-attention α_ii")
+            right.scatter(x, uniform, marker="_", s=200, color="black", zorder=3,
+                          label="uniform: mean 1/(degree + 1)")  # fmt: skip
+            right.set_xticks(x, names, fontsize=7)
+            right.set_ylim(0, max(max(values), max(uniform)) * 1.3)
+            right.legend(fontsize=8, loc="upper right")
+        else:
+            right.text(0.5, 0.5, "no self-loops in these layers", ha="center", va="center")
+            right.set_xticks([])
+        right.set_title("How much each node attends to itself", fontsize=9)
+        fig.suptitle(f"What the attention does — {title}", fontsize=11)
+        fig.subplots_adjust(left=0.07, right=0.98, top=0.82, bottom=0.14, wspace=0.22)
+        path = self.output_dir / "attention_summary.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         return path
 
-    def _node_figure(self, layer, data, deg, title):
+    def _node_figure(
+        self, layer: tuple[Tensor, Tensor], data: Data, deg: Tensor, title: str,
+        class_names: list[str],
+    ) -> Path:  # fmt: skip
         import matplotlib.pyplot as plt
 
         ei, alpha = layer
         a = alpha.mean(dim=1)
-        test = data.test_mask.cpu()
-        node = self.node
-        if node is None:  # the highest-degree test node that still draws legibly
-            ok = test & (deg <= self.max_degree)
-            node = int(torch.where(ok, deg, torch.full_like(deg, -1)).argmax())
+        node = self.node if self.node is not None else self.choose_node(
+            layer, data.test_mask.cpu(), deg
+        )  # fmt: skip
         incoming = ei[1] == node
         nbrs, weights = ei[0][incoming], a[incoming]
         y = data.y.cpu()
@@ -188,19 +247,27 @@ class AttentionAnalysis(PictureCallback):
                 zorder=3,
             )
         self_w = float(weights[~others].sum()) if (~others).any() else 0.0
+        w = weights.clamp_min(1e-30)
+        kl = float(np.log(len(weights)) + (w * w.log()).sum())
+        span = f"{self.min_degree}–{self.max_degree}"
+        rule = (
+            "chosen by node="
+            if self.node is not None
+            else f"chosen: the test node of degree {span} farthest from uniform"
+        )
         for c in sorted({int(y[j]) for j in pos}):
-            ax.scatter([], [], color=cmap(c % 10), label=f"class {c}")
+            ax.scatter([], [], color=cmap(c % 10), label=class_names[c])
         ax.legend(fontsize=8, loc="upper right", title="node class")
         ax.set_title(
-            f"Attention into node {node} (degree {int(deg[node])}, layer 1, mean of "
-            f"heads; self {self_w:.2f})\n{title}",
+            f"{title}: attention into node {node} (degree {int(deg[node])}; layer 1, mean "
+            f"of heads; self {self_w:.2f})\n{rule} (KL to uniform {kl:.3f} nats)",
             fontsize=10,
         )
         ax.set_xlabel("edge width and opacity ∝ attention α")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_aspect("equal")
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.02, right=0.92, top=0.9, bottom=0.05)
         path = self.output_dir / "attention_node.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)

@@ -35,7 +35,7 @@ class DatasetReport(PictureCallback):
         )
         ax.set_xlabel("node degree (neighbours)")
         ax.set_ylabel("number of nodes (log scale)")
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.1, right=0.97, top=0.88, bottom=0.12)
         path = self.output_dir / "degree_histogram.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)

@@ -82,7 +82,7 @@ class DegreeAccuracy(PictureCallback):
         ax.set_ylabel("test accuracy (%)")
         ax.set_ylim(0, 105)
         ax.legend(loc="lower right")
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.1, right=0.97, top=0.87, bottom=0.12)
         path = self.output_dir / "degree_accuracy.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)

@@ -44,6 +44,13 @@ class PictureCallback(Callback):
         return getattr(net, "display_name", type(net).__name__)
 
     @staticmethod
+    def class_names(trainer: L.Trainer) -> list[str]:
+        """The data module's ``class_names`` (``class k`` when it has none)."""
+        dm = trainer.datamodule
+        names = getattr(dm, "class_names", None)
+        return list(names) if names else [f"class {k}" for k in range(dm.num_classes)]
+
+    @staticmethod
     def graph(trainer: L.Trainer, pl_module: L.LightningModule) -> Data:
         """The full graph on the module's device (the data module's one batch)."""
         data = trainer.datamodule.data

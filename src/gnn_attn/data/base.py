@@ -181,6 +181,12 @@ class NodeDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return self.stats["classes"]
 
+    @property
+    def class_names(self) -> list[str]:
+        """A name per label, :math:`C` strings; ``class k`` unless the dataset knows its
+        classes (subclasses override)."""
+        return [f"class {k}" for k in range(self.num_classes)]
+
     def report(self) -> str:
         s = self.stats
         batches = (

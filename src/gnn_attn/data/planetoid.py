@@ -18,6 +18,30 @@ from gnn_attn.errors import UserError
 NAMES = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
 _LOADED: dict[tuple[str, str, bool], Data] = {}
 RAW_SUFFIXES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
+# Planetoid's files carry one-hot labels, no names. The names follow from the class sizes
+# of the original LINQS releases, which are all distinct: Cora (cora.content) Theory 351,
+# Reinforcement_Learning 217, Genetic_Algorithms 418, Neural_Networks 818,
+# Probabilistic_Methods 426, Case_Based 298, Rule_Learning 180; CiteSeer (citeseer.content)
+# AI 249, ML 590, IR 668, DB 701, Agents 596, HCI 508. Planetoid's label k has exactly the
+# size of the k-th name here (CiteSeer's label 0 also holds the 15 nodes the Planetoid
+# files leave unlabelled: 264 = 249 + 15); tests/data/test_planetoid.py checks the sizes.
+# PubMed's sizes cannot be checked here (no files): its labels stay ``class k``.
+CLASS_NAMES = {
+    "Cora": [
+        "Theory",
+        "Reinforcement learning",
+        "Genetic algorithms",
+        "Neural networks",
+        "Probabilistic methods",
+        "Case based",
+        "Rule learning",
+    ],
+    "CiteSeer": ["AI", "ML", "IR", "DB", "Agents", "HCI"],
+}
+CLASS_SIZES = {
+    "Cora": [351, 217, 418, 818, 426, 298, 180],
+    "CiteSeer": [264, 590, 668, 701, 596, 508],
+}
 
 
 class _CachedPlanetoid(Planetoid):
@@ -88,6 +112,11 @@ class PlanetoidDataModule(NodeDataModule):
         self.cache_dir = Path(cache_dir)
         self.normalize_features = normalize_features
         self.download = download
+
+    @property
+    def class_names(self) -> list[str]:
+        """The topic of each label (see ``CLASS_NAMES`` for how the order is known)."""
+        return CLASS_NAMES.get(self.name) or super().class_names
 
     @property
     def raw_dir(self) -> Path:

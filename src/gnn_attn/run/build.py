@@ -29,6 +29,7 @@ from gnn_attn.callbacks import EarlyStoppingCheckpoint
 from gnn_attn.callbacks.signals import StopOnSignal
 from gnn_attn.data import NodeDataModule
 from gnn_attn.errors import UserError, user_error_in
+from gnn_attn.loggers import is_offline
 from gnn_attn.models import ModelSettings, NodeClassifier
 from gnn_attn.run.distributed import world_size
 from gnn_attn.run.sweep import is_multirun
@@ -174,19 +175,22 @@ def _check_fanouts(cfg: DictConfig, net: torch.nn.Module) -> None:
         )
 
 
-def _hydra_job() -> tuple[str | None, str | None]:
-    """(run name from the overrides, sweep dir when multirun) — (None, None) outside Hydra."""
+def _hydra_job() -> tuple[str | None, str | None, list[str]]:
+    """(run name from the overrides, sweep dir when multirun, the model and data
+    choices) — (None, None, []) outside Hydra."""
     if not HydraConfig.initialized():
-        return None, None
+        return None, None, []
     hc = HydraConfig.get()
     name = hc.job.override_dirname or hc.job.name
-    return name, (hc.sweep.dir if is_multirun() else None)
+    choices = [str(hc.runtime.choices.get(k)) for k in ("model", "data")]
+    return name, (hc.sweep.dir if is_multirun() else None), [c for c in choices if c != "None"]
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
-    """The configured loggers. W&B is started here: if it fails for any reason, one
-    warning, and the run goes on with the CSV logger instead."""
-    name, group = _hydra_job()
+    """The configured loggers. W&B is started here, named after the overrides, grouped
+    by sweep, ``job_type`` = the task (train/eval), tagged with the model and dataset; if
+    it fails for any reason, one warning, and the run goes on with the CSV logger."""
+    name, group, tags = _hydra_job()
     loggers: list[Logger] = []
     for key, lg_cfg in (cfg.get("logger") or {}).items():
         if key != "wandb":
@@ -195,11 +199,13 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
         with open_dict(lg_cfg):
             lg_cfg.name = lg_cfg.name or name
             lg_cfg.group = lg_cfg.group or group
+            lg_cfg.job_type = lg_cfg.get("job_type") or cfg.get("task_name")
+            lg_cfg.tags = list(dict.fromkeys([*(lg_cfg.get("tags") or []), *tags]))
         try:
             wandb_logger = instantiate(lg_cfg)
             run = wandb_logger.experiment  # starts the run now, not mid-training
             loggers.append(wandb_logger)
-            if run.settings.mode == "offline":
+            if is_offline(run):
                 print(f"W&B offline: upload later with `wandb sync {Path(run.dir).parent}`")
             elif getattr(run, "url", None):
                 print(f"W&B online: {run.url}")

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gnn_attn.console import header, quiet
 from gnn_attn.errors import TrainingDiverged, UserError
+from gnn_attn.loggers import RunLogger
 from gnn_attn.models import count_parameters
 from gnn_attn.run.build import (
     build_callbacks,
@@ -168,6 +169,8 @@ def _run(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
     for lg in loggers:
         if isinstance(lg, WandbLogger):
             lg.experiment.summary.update({k: v for k, v in metrics.items() if k != "output_dir"})
+        if isinstance(lg, RunLogger):
+            lg.log_checkpoint(best, {k: v for k, v in metrics.items() if k != "output_dir"})
     write_json(out_dir / "metrics.json", metrics)
     print(
         f"{metrics['model']} on {metrics['dataset']} (seed {cfg.seed}): "
