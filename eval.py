@@ -1,7 +1,19 @@
 """Evaluate a checkpoint: python eval.py ckpt_path=outputs/<run>/checkpoints/best.ckpt"""
 
-from gnn_attn.run import entry
-from gnn_attn.run.evaluate import evaluate
+import signal
+import sys
+
+
+def _starting(signum: int, frame: object) -> None:
+    """Ctrl-C/SIGTERM while the libraries load: one line, no traceback."""
+    print(f"Interrupted ({signal.Signals(signum).name}): nothing was started", file=sys.stderr)
+    sys.exit(128 + signum)
+
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, _starting)
+    signal.signal(signal.SIGTERM, _starting)
+    from gnn_attn.run import entry
+    from gnn_attn.run.evaluate import evaluate
+
     entry.main(evaluate, config_name="eval")

@@ -1,7 +1,19 @@
 """Train one model (or a sweep with -m): python train.py model=gatv2 data=cora"""
 
-from gnn_attn.run import entry
-from gnn_attn.run.train import train
+import signal
+import sys
+
+
+def _starting(signum: int, frame: object) -> None:
+    """Ctrl-C/SIGTERM while the libraries load: one line, no traceback."""
+    print(f"Interrupted ({signal.Signals(signum).name}): nothing was started", file=sys.stderr)
+    sys.exit(128 + signum)
+
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, _starting)
+    signal.signal(signal.SIGTERM, _starting)
+    from gnn_attn.run import entry
+    from gnn_attn.run.train import train
+
     entry.main(train, config_name="train")

@@ -19,6 +19,15 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 @dataclass
+class CheckpointSchema:
+    """``checkpoint:`` of ``conf/train.yaml``: when the checkpoints are written."""
+
+    _target_: str = "gnn_attn.callbacks.selection.PeriodicCheckpoint"
+    every_n_epochs: int | None = None
+    every_minutes: float | None = 5.0
+
+
+@dataclass
 class TrainSchema:
     """Types of ``conf/train.yaml``'s own keys (values and comments are in that file)."""
 
@@ -35,6 +44,7 @@ class TrainSchema:
     callbacks: Any = field(default_factory=dict)
     paths: Any = MISSING
     early_stopping: Any = MISSING
+    checkpoint: CheckpointSchema = field(default_factory=lambda: CheckpointSchema())
     progress_bar: Any = None
 
 

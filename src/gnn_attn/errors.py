@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,11 +25,42 @@ class UserError(Exception):
     exit_code = 2
 
 
+class Interrupted(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM, raised where the program is when it arrives (see
+    :func:`interrupt_on_signals`); the message says what was saved. A ``BaseException``
+    that is not a ``KeyboardInterrupt``: ``except Exception`` (a picture's safety net)
+    does not swallow it, and Lightning re-raises it instead of exiting with status 1."""
+
+    def __init__(self, signum: int, message: str = "nothing was started") -> None:
+        self.signum = signum
+        super().__init__(message)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def interrupt_on_signals() -> None:
+    """From now on, SIGINT and SIGTERM raise :class:`Interrupted` wherever the program
+    is (training replaces this with a graceful stop at the end of the epoch)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
 @contextmanager
 def exits_cleanly() -> Iterator[None]:
     """Run the body of an entry point: a :class:`UserError` becomes ``Error: <message>``
-    on stderr and its exit status (2), Ctrl-C one line and status 130; no traceback
-    (``HYDRA_FULL_ERROR=1`` shows it)."""
+    on stderr and its exit status (2); an :class:`Interrupted` (or Ctrl-C) one line with
+    what was saved and status 128 + signal (130 for Ctrl-C, 143 for SIGTERM); no
+    traceback (``HYDRA_FULL_ERROR=1`` shows it)."""
     try:
         yield
     except UserError as err:
@@ -36,10 +68,13 @@ def exits_cleanly() -> Iterator[None]:
             raise
         print(f"Error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except Interrupted as err:
+        print(f"Interrupted ({err.signal_name}): {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
     except KeyboardInterrupt:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print("Interrupted (Ctrl-C).", file=sys.stderr)
+        print("Interrupted (SIGINT): nothing was started", file=sys.stderr)
         sys.exit(130)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import netrc
 import os
+import secrets
+import string
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,12 @@ def wandb_mode(mode: str = "auto") -> str:
     if env:
         return env
     return "online" if wandb_has_credentials() else "offline"
+
+
+def new_run_id() -> str:
+    """A fresh W&B run id (8 characters from ``[a-z0-9]``, as W&B makes them)."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 def is_offline(run: Any) -> bool:

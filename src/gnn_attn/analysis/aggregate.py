@@ -65,6 +65,7 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
             "n": len(done),
             "failed": sum(j.status == "failed" for j in members),
             "unfinished": sum(j.status == "unfinished" for j in members),
+            "interrupted": sum(j.status == "interrupted" for j in members),
         }
         for o in key:
             k, v = _split(o)
@@ -100,11 +101,14 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
 def _cell(
     row: dict[str, Any], metric: str = "test/acc", scale: float = 100, digits: int = 1
 ) -> str:
-    """``mean ± std`` of a group (``± –`` for a single run); ``failed`` or ``unfinished``
-    (still running, or interrupted) when no job of the group finished."""
+    """``mean ± std`` of a group (``± –`` for a single run); ``failed``, ``interrupted``
+    (stopped by a signal: ``interrupted.json``) or ``unfinished`` (still running, or
+    killed) when no job of the group finished."""
     mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
     if math.isnan(mean):
-        return "failed" if row["failed"] and not row["unfinished"] else "unfinished"
+        if row["failed"] and not (row["unfinished"] or row["interrupted"]):
+            return "failed"
+        return "interrupted" if row["interrupted"] and not row["unfinished"] else "unfinished"
     spread = "–" if row["n"] < 2 else f"{scale * std:.{digits}f}"
     return f"{scale * mean:.{digits}f} ± {spread}"
 
@@ -156,9 +160,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             _cell(r, "fit_seconds", 1, 2),
             _cell(r, "ms_per_epoch", 1, 1),
         ]
-        lines.append(
-            f"| {r['group']} | {r['n']} | {' | '.join(cells)} | {r['failed'] + r['unfinished']} |"
-        )
+        problems = r["failed"] + r["unfinished"] + r["interrupted"]
+        lines.append(f"| {r['group']} | {r['n']} | {' | '.join(cells)} | {problems} |")
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ import yaml
 
 ERROR_FILE = "error.json"
 METRICS_FILE = "metrics.json"
+INTERRUPTED_FILE = "interrupted.json"  # a run stopped by SIGINT/SIGTERM (what was saved)
 
 
 @dataclass
@@ -25,13 +26,19 @@ class Job:
     metrics: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     order: int = 100
+    interrupted: dict[str, Any] | None = None
     status: str = field(init=False)
 
     def __post_init__(self) -> None:
         if self.metrics and self.metrics.get("status") == "failed":
             self.error = self.error or {"error": self.metrics.get("error", "failed")}
             self.metrics = None
-        self.status = "ok" if self.metrics else "failed" if self.error else "unfinished"
+        self.status = (
+            "ok" if self.metrics
+            else "failed" if self.error
+            else "interrupted" if self.interrupted
+            else "unfinished"
+        )  # fmt: skip
 
 
 def find_jobs(sweep_dir: str | Path) -> list[Job]:
@@ -47,6 +54,7 @@ def find_jobs(sweep_dir: str | Path) -> list[Job]:
                 _read_json(job_dir / METRICS_FILE),
                 _read_json(job_dir / ERROR_FILE),
                 _model_order(overrides_file.parent / "config.yaml"),
+                _read_json(job_dir / INTERRUPTED_FILE),
             )
         )
     return sorted(jobs, key=lambda j: _job_key(j.path))

@@ -28,6 +28,14 @@ class PictureCallback(Callback):
         self.output_dir = Path(output_dir)
         self.summary: dict[str, Any] = {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The numbers computed so far: a resumed run keeps those of the "before"
+        pictures (computed on the original run's random weights) instead of redoing them."""
+        return {"summary": dict(self.summary)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.summary.update(state_dict.get("summary", {}))
+
     def safely(self, what: str, fn: Callable[[], None]) -> None:
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+import torch
+from lightning.pytorch.callbacks import Callback, Checkpoint
 
 from gnn_attn.errors import UserError
 
@@ -31,9 +34,14 @@ class EarlyStoppingCheckpoint(Callback):
     With a single monitor this is ordinary early stopping plus best checkpointing.
 
     The selected checkpoint is snapshotted in memory when it changes (the full Lightning
-    checkpoint: weights, optimizer and loop state of that epoch) and written to disk once,
-    as ``best.ckpt``, when training ends or is interrupted, together with ``last.ckpt``:
-    a disk write per improvement (~7 ms) would cost more than the epochs themselves.
+    checkpoint: weights, optimizer and loop state of that epoch): a disk write per
+    improvement (~7 ms) would cost more than the epochs themselves. It is written as
+    ``best.ckpt`` together with ``last.ckpt`` (everything exact resume needs: weights,
+    optimizer, RNG states, this selection state with the snapshot) when training ends or
+    is interrupted, and whenever :class:`PeriodicCheckpoint` asks (:meth:`write`).
+    ``best.ckpt`` is rewritten only when the selection changed since the last write.
+    Every write is atomic (a temp file in the same folder, fsync, rename, fsync of the
+    folder), so a kill at any moment leaves the previous file whole.
 
     Args:
         dirpath: folder for ``best.ckpt`` and ``last.ckpt``.
@@ -66,6 +74,7 @@ class EarlyStoppingCheckpoint(Callback):
         self.selected: dict[str, float] = {}
         self.stopped_epoch: int | None = None
         self._snapshot: dict[str, Any] | None = None
+        self._snapshot_on_disk = -1  # best_epoch of the snapshot last written
         self._dumping = False
 
     @property
@@ -107,6 +116,10 @@ class EarlyStoppingCheckpoint(Callback):
                 self.stopped_epoch = trainer.current_epoch
                 trainer.should_stop = True
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stopped_epoch is not None:  # resumed after early stopping: train no more
+            trainer.should_stop = True
+
     def _dump(self, trainer: L.Trainer) -> dict[str, Any]:
         # What Trainer.save_checkpoint writes, copied so later steps do not change it
         # (without the previous snapshot inside: see state_dict).
@@ -117,21 +130,43 @@ class EarlyStoppingCheckpoint(Callback):
         finally:
             self._dumping = False
 
-    def _write(self, trainer: L.Trainer) -> None:
-        if self._snapshot is not None:
-            trainer.strategy.save_checkpoint(self._snapshot, self.best_model_path)
+    def write(self, trainer: L.Trainer) -> None:
+        """Write ``best.ckpt`` (if the selection changed since) and ``last.ckpt`` now."""
+        if self._snapshot is not None and self._snapshot_on_disk != self.best_epoch:
+            self._save_atomically(trainer, self._snapshot, self.best_model_path)
+            self._snapshot_on_disk = self.best_epoch
         if self.save_last:
-            trainer.save_checkpoint(self.last_model_path, weights_only=False)
+            last = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+            self._save_atomically(trainer, last, self.last_model_path)
         trainer.strategy.barrier("best_checkpoint_written")  # DDP: rank 0 writes, all read
 
+    @staticmethod
+    def _save_atomically(trainer: L.Trainer, checkpoint: dict[str, Any], path: str) -> None:
+        """``checkpoint`` to ``path`` through a temp file, fsync and rename (rank 0)."""
+        if not trainer.is_global_zero:
+            return
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        with tmp.open("wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        folder = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._write(trainer)
+        self.write(trainer)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         if trainer.state.fn == "fit" and trainer.current_epoch > 0:
-            self._write(trainer)
+            self.write(trainer)
 
     def state_dict(self) -> dict[str, Any]:
         """Selection state; ``last.ckpt`` also carries the best snapshot, so a resumed run
@@ -141,6 +176,7 @@ class EarlyStoppingCheckpoint(Callback):
             "wait": self.wait,
             "best_epoch": self.best_epoch,
             "selected": self.selected,
+            "stopped_epoch": self.stopped_epoch,
         }
         if not self._dumping:
             state["snapshot"] = self._snapshot
@@ -151,4 +187,92 @@ class EarlyStoppingCheckpoint(Callback):
         self.wait = state_dict["wait"]
         self.best_epoch = state_dict["best_epoch"]
         self.selected = dict(state_dict["selected"])
+        self.stopped_epoch = state_dict.get("stopped_epoch")
         self._snapshot = state_dict.get("snapshot")
+
+
+class PeriodicCheckpoint(Checkpoint):
+    """When the selection's checkpoints are written besides the end of training: every
+    ``every_n_epochs`` epochs when set, else when ``every_minutes`` minutes of training
+    passed since the last write (a short Planetoid run then writes nothing extra).
+
+    A Lightning :class:`~lightning.pytorch.callbacks.Checkpoint`, so that it runs after
+    the module's ``on_train_epoch_end`` (the epoch's metrics are logged); the loggers are
+    flushed before the write, so a run resumed from it finds every epoch up to the
+    checkpoint in ``metrics.csv``. It is the trainer's ``checkpoint_callback`` (Lightning
+    then adds no ``ModelCheckpoint``); what is written is
+    :meth:`EarlyStoppingCheckpoint.write`.
+
+    Args:
+        selection: the run's :class:`EarlyStoppingCheckpoint`.
+        every_n_epochs: write every that many epochs (None: by time).
+        every_minutes: with ``every_n_epochs`` unset, the longest time between writes
+            (None or 0: only at the end).
+    """
+
+    def __init__(
+        self,
+        selection: EarlyStoppingCheckpoint,
+        every_n_epochs: int | None = None,
+        every_minutes: float | None = 5.0,
+    ) -> None:
+        super().__init__()
+        if every_n_epochs is not None and (
+            isinstance(every_n_epochs, bool)
+            or not isinstance(every_n_epochs, int)
+            or every_n_epochs < 1
+        ):
+            raise ValueError(
+                f"every_n_epochs must be an integer ≥ 1 or null (got {every_n_epochs!r})"
+            )
+        if every_minutes is not None and every_minutes < 0:
+            raise ValueError(f"every_minutes must be ≥ 0 or null (got {every_minutes!r})")
+        self.selection = selection
+        self.every_n_epochs, self.every_minutes = every_n_epochs, every_minutes
+        self._last_write = self._part_start = time.monotonic()
+        self.parts: list[dict[str, Any]] = []  # one per run part (a resume starts one)
+
+    @property
+    def best_model_path(self) -> str:
+        return self.selection.best_model_path
+
+    def due(self, epoch: int) -> bool:
+        """Whether a write is due after ``epoch`` (0-based)."""
+        if self.every_n_epochs:
+            return (epoch + 1) % self.every_n_epochs == 0
+        if self.every_minutes:
+            return time.monotonic() - self._last_write >= 60 * self.every_minutes
+        return False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_write = self._part_start = time.monotonic()
+        self.parts.append(
+            {"part": len(self.parts) + 1, "first_epoch": trainer.current_epoch,
+             "last_epoch": None, "fit_seconds": 0.0, "ms_per_epoch": None}
+        )  # fmt: skip
+
+    def _time_part(self, epoch: int) -> None:
+        part = self.parts[-1]
+        part["last_epoch"] = epoch
+        part["fit_seconds"] = round(time.monotonic() - self._part_start, 4)
+        done = epoch - part["first_epoch"] + 1
+        part["ms_per_epoch"] = round(1000 * part["fit_seconds"] / done, 3) if done > 0 else None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.parts:
+            self._time_part(trainer.current_epoch - 1)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._time_part(trainer.current_epoch)
+        if self.due(trainer.current_epoch):
+            for logger in trainer.loggers:
+                logger.save()
+            self.selection.write(trainer)
+            self._last_write = time.monotonic()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The timing of the parts trained so far (``metrics.json`` lists them)."""
+        return {"parts": [dict(p) for p in self.parts]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.parts = [dict(p) for p in state_dict.get("parts", [])]

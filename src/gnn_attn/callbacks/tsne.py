@@ -88,6 +88,8 @@ class TSNEPlot(PictureCallback):
         self._done_after = False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if "tsne/silhouette_before" in self.summary:  # resumed: the original run drew it
+            return
         self.safely("t-SNE before training", lambda: self._draw(trainer, pl_module, "before"))
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from gnn_attn.callbacks import EarlyStoppingCheckpoint
+from gnn_attn.callbacks.selection import PeriodicCheckpoint
 from gnn_attn.callbacks.signals import StopOnSignal
 from gnn_attn.data import NodeDataModule
 from gnn_attn.errors import UserError, user_error_in
@@ -222,12 +223,14 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
 
 def build_callbacks(
     cfg: DictConfig,
-) -> tuple[EarlyStoppingCheckpoint, StopOnSignal, Timer, list[L.Callback]]:
-    """The selection rule, the signal handler, the fit timer and the configured
-    callbacks (pictures, progress bar), all in the list given to the Trainer."""
+) -> tuple[EarlyStoppingCheckpoint, PeriodicCheckpoint, StopOnSignal, Timer, list[L.Callback]]:
+    """The selection rule, when its checkpoints are written, the signal handler, the fit
+    timer and the configured callbacks (pictures, progress bar), all in the list given
+    to the Trainer."""
     selection = build_node("early_stopping", cfg.early_stopping)
+    periodic = build_node("checkpoint", cfg.checkpoint, selection=selection)
     stop, timer = StopOnSignal(), Timer(duration=None, verbose=False)
-    callbacks: list[L.Callback] = [selection, stop, timer]
+    callbacks: list[L.Callback] = [selection, periodic, stop, timer]
     callbacks += [build_node(f"callbacks.{k}", c) for k, c in (cfg.get("callbacks") or {}).items()]
     # a sweep job prints one start and one result line: no progress
     if (
@@ -238,7 +241,7 @@ def build_callbacks(
         progress = build_node("progress_bar", cfg.progress_bar)
         if progress is not None:
             callbacks.append(progress)
-    return selection, stop, timer, callbacks
+    return selection, periodic, stop, timer, callbacks
 
 
 def load_run_config(ckpt_path: Path) -> DictConfig:

@@ -32,16 +32,25 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from gnn_attn.config import conf_dir
-from gnn_attn.errors import UserError, exits_cleanly, is_out_of_memory, out_of_memory_error
+from gnn_attn.errors import (
+    UserError,
+    exits_cleanly,
+    interrupt_on_signals,
+    is_out_of_memory,
+    out_of_memory_error,
+)
 from gnn_attn.run.sweep import is_multirun, record_failure
-from gnn_attn.run.train import Interrupted
 
 Task = Callable[[DictConfig], Any]
 
 
 def main(task: Task, config_name: str) -> None:
-    """Check the command line, then run ``task`` under Hydra (``-m``: a sweep)."""
+    """Check the command line, then run ``task`` under Hydra (``-m``: a sweep). From
+    here on SIGINT/SIGTERM end the program with one line (what was saved), exit 130/143."""
+    interrupt_on_signals()
     with exits_cleanly():
+        if config_name == "train":
+            sys.argv[1:] = resume_in_place(sys.argv[1:], config_name)
         check_command_line(sys.argv[1:], config_name)
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)
     app(lambda cfg: run_task(task, cfg))()
@@ -55,15 +64,9 @@ def run_task(task: Task, cfg: DictConfig) -> Any:
         torch.set_num_threads(threads)
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
-        with exits_cleanly():
+        with exits_cleanly():  # an Interrupted: its one line (what was saved), 128 + signal
             try:
                 return task(cfg)
-            except Interrupted as stop:
-                print(
-                    f"Interrupted: last.ckpt saved. Resume with:\n  {stop.resume_command()}",
-                    file=sys.stderr,
-                )
-                sys.exit(128 + stop.signum)
             except Exception as err:
                 failure = err
                 if is_out_of_memory(err):
@@ -79,6 +82,50 @@ def run_task(task: Task, cfg: DictConfig) -> Any:
                 raise
     finally:
         finish_wandb()
+
+
+def resume_in_place(argv: list[str], config_name: str) -> list[str]:
+    """``train.py ckpt_path=<run dir or its last.ckpt>`` continues in that run's own dir
+    (Hydra's ``.hydra/`` of the original kept; ``hydra.run.dir=`` on the command line
+    resumes into another). ``ckpt_path=auto``: the most recent unfinished run (a
+    ``last.ckpt``, no ``metrics.json``) with the same overrides, or a new run when there
+    is none. Sweeps (``-m``) are left as they are."""
+    given = [a for a in argv if a.startswith("ckpt_path=")]
+    if not given or any(a in ("-m", "--multirun") for a in argv):
+        return argv
+    value = given[-1].split("=", 1)[1]
+    rest = [a for a in argv if not a.startswith("ckpt_path=")]
+    if value == "auto":
+        found = latest_unfinished_run(rest, config_name)
+        if found is None:
+            print("ckpt_path=auto: no unfinished run with these overrides; starting a new one")
+            return rest
+        print(f"ckpt_path=auto: resuming {found}")
+        value = str(found / "checkpoints" / "last.ckpt")
+    path = Path(value).expanduser().resolve()
+    run_dir = path if path.is_dir() else path.parent.parent
+    resumed = [*rest, f"ckpt_path={value}"]
+    if (run_dir / ".hydra").is_dir() and not any(a.startswith("hydra.run.dir=") for a in argv):
+        resumed += [f"hydra.run.dir='{run_dir}'", "hydra.output_subdir=null"]
+    return resumed
+
+
+def latest_unfinished_run(overrides: list[str], config_name: str) -> Path | None:
+    """The newest run under ``paths.log_dir`` whose ``.hydra/overrides.yaml`` equals
+    ``overrides`` and that has a ``last.ckpt`` but no ``metrics.json``."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
+        cfg = compose(config_name, overrides=[o for o in overrides if not o.startswith("hydra.")])
+    wanted = sorted(overrides)
+    found = []
+    for saved in Path(cfg.paths.log_dir).glob("*/*/.hydra/overrides.yaml"):
+        run_dir = saved.parent.parent
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file() or (run_dir / "metrics.json").is_file():
+            continue
+        theirs = OmegaConf.load(saved)
+        if sorted(str(o) for o in theirs) == wanted:
+            found.append((last.stat().st_mtime, run_dir))
+    return max(found)[1] if found else None
 
 
 @rank_zero_only

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
-import signal
+import shlex
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +16,14 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from gnn_attn.analysis.jobs import INTERRUPTED_FILE
+from gnn_attn.config import project_root
 from gnn_attn.console import header, quiet
-from gnn_attn.errors import TrainingDiverged, UserError
-from gnn_attn.loggers import RunLogger
+from gnn_attn.errors import Interrupted, TrainingDiverged, UserError
+from gnn_attn.loggers import RunLogger, new_run_id
 from gnn_attn.models import count_parameters
 from gnn_attn.run.build import (
     build_callbacks,
@@ -32,21 +37,31 @@ from gnn_attn.run.distributed import ddp_group, is_worker, world_size
 from gnn_attn.run.sweep import is_multirun
 
 
-class Interrupted(Exception):
-    """SIGINT/SIGTERM during training: ``last.ckpt`` is saved; exit 128 + signal."""
+def resume_command(ckpt: str) -> str:
+    """The command that continues this run from ``ckpt``: the interpreter that is
+    running, ``train.py`` and the run's own overrides."""
+    overrides = []
+    if HydraConfig.initialized():
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
+    script = Path(project_root()) / "train.py"
+    return shlex.join([sys.executable, str(script), *overrides, f"ckpt_path={ckpt}"])
 
-    def __init__(self, signum: int, last: str) -> None:
-        self.signum, self.last = signum, last
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
-    def resume_command(self) -> str:
-        """The command that resumes this run from ``last.ckpt``."""
-        overrides = []
-        if HydraConfig.initialized():
-            overrides = [
-                o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")
-            ]
-        return " ".join(["python train.py", *overrides, f"ckpt_path={self.last}"])
+def mark_interrupted(err: Interrupted, phase: str, out_dir: Path) -> Interrupted:
+    """Write ``interrupted.json`` into the run dir (the aggregator lists the run as
+    interrupted) and return ``err`` with the message of what was saved."""
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        command = resume_command(str(last))
+        message = f"during {phase}; last.ckpt saved. Resume with:\n  {command}"
+    else:
+        command = None
+        message = f"during {phase}; no checkpoint yet (nothing to resume): start it again"
+    write_json(
+        out_dir / INTERRUPTED_FILE,
+        {"signal": err.signal_name, "phase": phase, "resume": command},
+    )
+    return Interrupted(err.signum, message)
 
 
 def check_resume(cfg: DictConfig) -> str | None:
@@ -56,6 +71,8 @@ def check_resume(cfg: DictConfig) -> str | None:
     if not path:
         return None
     resolved = Path(path).expanduser().resolve()
+    if resolved.is_dir():  # a run dir
+        resolved = resolved / "checkpoints" / "last.ckpt"
     stored = load_run_config(resolved)
     for key in ("model", "data"):
         theirs, ours = stored[key].get("name"), cfg[key].get("name")
@@ -114,25 +131,98 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _run(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
-    run_config = OmegaConf.to_container(cfg, resolve=True)
-    datamodule, module = build_data_and_model(cfg, "fit", run_config)
-    selection, stop, timer, callbacks = build_callbacks(cfg)
-    loggers = build_loggers(cfg)
-    # a live bar only where one was built (a terminal); else Lightning would add its own
-    live = any(isinstance(c, ProgressBar) for c in callbacks)
-    trainer: L.Trainer = build_node(
-        "trainer",
-        cfg.trainer,
-        callbacks=callbacks,
-        logger=loggers or False,
-        enable_progress_bar=live,
-    )
-    for lg in loggers:
-        lg.log_hyperparams(run_config)
+    phase = "set-up (data, model)"
+    try:
+        resume = check_resume(cfg)
+        resumed = load_run_config(Path(resume)) if resume else None
+        keep_wandb_run(cfg, resumed)
+        run_config = OmegaConf.to_container(cfg, resolve=True)
+        datamodule, module = build_data_and_model(cfg, "fit", run_config)
+        selection, periodic, stop, timer, callbacks = build_callbacks(cfg)
+        history = csv_history(out_dir, resume)
+        loggers = build_loggers(cfg)
+        restore_csv_history(loggers, history)
+        # a live bar only where one was built (a terminal); else Lightning would add its own
+        live = any(isinstance(c, ProgressBar) for c in callbacks)
+        trainer: L.Trainer = build_node(
+            "trainer",
+            cfg.trainer,
+            callbacks=callbacks,
+            logger=loggers or False,
+            enable_progress_bar=live,
+        )
+        for lg in loggers:
+            lg.log_hyperparams(run_config)
+        phase = "training (or the pictures before it)"
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        if stop.received is not None:
+            raise Interrupted(stop.received)
+        phase = "selection and test (training had finished)"
+        return _select_and_test(cfg, out_dir, started, trainer, module, datamodule,
+                                selection, periodic, timer, callbacks, loggers)  # fmt: skip
+    except Interrupted as err:
+        if is_worker():
+            raise
+        raise mark_interrupted(err, phase, out_dir) from None
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=check_resume(cfg))
-    if stop.received is not None:
-        raise Interrupted(stop.received, selection.last_model_path)
+
+def keep_wandb_run(cfg: DictConfig, resumed: DictConfig | None) -> None:
+    """Give the W&B run its id now, so that the checkpoints store it: a resumed run
+    continues the W&B run of its checkpoint (``resume="allow"``)."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is None:
+        return
+    stored = OmegaConf.select(resumed, "logger.wandb.id") if resumed is not None else None
+    with open_dict(cfg):
+        wandb_cfg.id = stored or wandb_cfg.get("id") or new_run_id()
+
+
+def csv_history(out_dir: Path, resume: str | None) -> tuple[list[str], list[dict]] | None:
+    """Resuming in the run's own dir: the header and rows of its ``csv/metrics.csv`` up
+    to the checkpoint's epoch (rows logged after it are trained again)."""
+    path = out_dir / "csv" / "metrics.csv"
+    if not resume or not path.is_file():
+        return None
+    epoch = int(torch.load(resume, map_location="cpu", weights_only=False)["epoch"])
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if r.get("epoch") and int(float(r["epoch"])) <= epoch]
+        return list(reader.fieldnames or []), rows
+
+
+def restore_csv_history(loggers: list, history: tuple[list[str], list[dict]] | None) -> None:
+    """Put the kept rows back under the new CSV logger (Lightning's CSV writer deletes
+    an existing ``metrics.csv`` when it starts), so each epoch appears once."""
+    if history is None:
+        return
+    header, rows = history
+    for lg in loggers:
+        if isinstance(lg, CSVLogger):
+            with warnings.catch_warnings():  # "... will be deleted": they are put back here
+                warnings.simplefilter("ignore")
+                writer = lg.experiment
+            with open(writer.metrics_file_path, "w", newline="") as f:
+                out = csv.DictWriter(f, fieldnames=header)
+                out.writeheader()
+                out.writerows(rows)
+            writer.metrics_keys = list(header)
+
+
+def _select_and_test(
+    cfg: DictConfig,
+    out_dir: Path,
+    started: float,
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    selection: Any,
+    periodic: Any,
+    timer: Any,
+    callbacks: list,
+    loggers: list,
+) -> dict[str, Any]:
+    run_config = module.hparams["run_config"]
+    parts = [dict(p) for p in periodic.parts]  # before test loads best.ckpt's callback state
     fit_seconds = timer.time_elapsed("train")  # the epoch loop: train steps + validation
     epochs = trainer.current_epoch
     if selection.best_epoch < 0:
@@ -154,6 +244,7 @@ def _run(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
         "epochs": epochs,
         "fit_seconds": round(fit_seconds, 4),
         "ms_per_epoch": round(1000 * fit_seconds / max(epochs, 1), 3),
+        **({"parts": parts} if len(parts) > 1 else {}),
         "num_params": count_parameters(module.net),
         "checkpoint": best,
         "output_dir": str(out_dir),
@@ -172,6 +263,7 @@ def _run(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
         if isinstance(lg, RunLogger):
             lg.log_checkpoint(best, {k: v for k, v in metrics.items() if k != "output_dir"})
     write_json(out_dir / "metrics.json", metrics)
+    (out_dir / INTERRUPTED_FILE).unlink(missing_ok=True)  # a resumed run finished
     print(
         f"{metrics['model']} on {metrics['dataset']} (seed {cfg.seed}): "
         f"test/acc {metrics['test/acc']:.4f} | val/acc {metrics['val/acc']:.4f} "
