@@ -1,13 +1,17 @@
 """Evaluate a checkpoint: python eval.py ckpt_path=outputs/<run>/checkpoints/best.ckpt"""
 
+import os
 import signal
 import sys
 
 
 def _starting(signum: int, frame: object) -> None:
-    """Ctrl-C/SIGTERM while the libraries load: one line, no traceback."""
+    """Ctrl-C/SIGTERM while the libraries load: one line, no traceback. Nothing exists
+    yet, so the process ends at once (an exception raised inside an import can leave a
+    library half-initialised and fail loudly on the way out)."""
     print(f"Interrupted ({signal.Signals(signum).name}): nothing was started", file=sys.stderr)
-    sys.exit(128 + signum)
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -154,3 +154,45 @@ def test_ckpt_path_auto_resumes_the_unfinished_run(tmp_path: Path, cache_dir) ->
     cli = run_cli("train.py", *args, "ckpt_path=auto")
     assert "starting a new one" in cli.stdout
     assert len(list(logs.glob("*/*/metrics.json"))) == 2
+
+
+def _submitit_task(sweep: Path) -> int | None:
+    """The pid of the submitit task process running a job of ``sweep``."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "submitit.core._submit" in cmd and str(sweep) in cmd:
+            return int(proc.name)
+    return None
+
+
+def test_preempted_submitit_job_requeues_and_resumes(tmp_path: Path, cache_dir) -> None:
+    """hydra/launcher=local (submitit's local executor): the preemption signal submitit
+    uses (SIGUSR2) → the job finishes its epoch, writes last.ckpt and is requeued by
+    submitit; the requeued job resumes from it in the same job dir."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=local",
+         f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache_dir}", "trainer=cpu",
+         "callbacks=none", "model=gcn", "data=cora", "seed=0", "trainer.max_epochs=1000",
+         "early_stopping.patience=0", "checkpoint.every_n_epochs=20"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    job = sweep / "0"
+    _wait_for(job / "checkpoints" / "last.ckpt", proc)  # training is under way
+    pid = _submitit_task(sweep)
+    assert pid is not None
+    os.kill(pid, signal.SIGUSR2)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    metrics = read_metrics(job)
+    assert metrics["epochs"] == 1000
+    first, second = metrics["parts"]  # the preempted part and the requeued one
+    assert second["first_epoch"] == first["last_epoch"] + 1 and second["last_epoch"] == 999
+    assert not (job / "interrupted.json").exists()
+    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*.out"))
+    assert "requeued job: resuming from" in logs

@@ -46,12 +46,17 @@ class Interrupted(BaseException):
 
 def interrupt_on_signals() -> None:
     """From now on, SIGINT and SIGTERM raise :class:`Interrupted` wherever the program
-    is (training replaces this with a graceful stop at the end of the epoch)."""
+    is (training replaces this with a graceful stop at the end of the epoch). In a
+    submitit job SIGTERM stays submitit's (it ignores it: SLURM sends it at preemption,
+    and the job checkpoints on submitit's own signal instead)."""
 
     def handler(signum: int, frame: object) -> None:
         raise Interrupted(signum)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    signals = [signal.SIGINT] if os.environ.get("SUBMITIT_EXECUTOR") else [
+        signal.SIGINT, signal.SIGTERM
+    ]  # fmt: skip
+    for sig in signals:
         signal.signal(sig, handler)
 
 

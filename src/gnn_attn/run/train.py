@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 import warnings
@@ -20,6 +21,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gnn_attn.analysis.jobs import INTERRUPTED_FILE
+from gnn_attn.callbacks.signals import preemption_signal
 from gnn_attn.config import project_root
 from gnn_attn.console import header, quiet
 from gnn_attn.errors import Interrupted, TrainingDiverged, UserError
@@ -133,6 +135,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _run(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
     phase = "set-up (data, model)"
     try:
+        resume_requeued_job(cfg, out_dir)
         resume = check_resume(cfg)
         resumed = load_run_config(Path(resume)) if resume else None
         keep_wandb_run(cfg, resumed)
@@ -155,6 +158,13 @@ def _run(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
             lg.log_hyperparams(run_config)
         phase = "training (or the pictures before it)"
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        if stop.preempted:  # last.ckpt is written: submitit requeues, the job resumes
+            write_json(
+                out_dir / INTERRUPTED_FILE,
+                {"signal": signal.Signals(stop.received).name, "phase": "training",
+                 "resume": "requeued by submitit: the job resumes from last.ckpt"},
+            )  # fmt: skip
+            stop.hand_over()
         if stop.received is not None:
             raise Interrupted(stop.received)
         phase = "selection and test (training had finished)"
@@ -164,6 +174,19 @@ def _run(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
         if is_worker():
             raise
         raise mark_interrupted(err, phase, out_dir) from None
+
+
+def resume_requeued_job(cfg: DictConfig, out_dir: Path) -> None:
+    """A submitit job that was preempted and requeued runs again in its own job dir:
+    resume it from the ``last.ckpt`` it wrote (unless it already finished)."""
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if preemption_signal() is None or cfg.get("ckpt_path") or not last.is_file():
+        return
+    if (out_dir / "metrics.json").is_file():
+        return
+    print(f"requeued job: resuming from {last}", flush=True)
+    with open_dict(cfg):
+        cfg.ckpt_path = str(last)
 
 
 def keep_wandb_run(cfg: DictConfig, resumed: DictConfig | None) -> None:
