@@ -63,6 +63,18 @@ def run_cli(
     return proc
 
 
+def start_train(*overrides: str) -> subprocess.Popen:
+    """Start ``python train.py <overrides>`` (the real CLI) without waiting, to signal it."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *overrides],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def train_overrides(out_dir: Path, cache: Path, *extra: str) -> list[str]:
     """A quiet CPU run writing into ``out_dir``."""
     return [

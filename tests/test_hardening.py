@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +17,7 @@ from gnn_attn.errors import UserError, exits_cleanly
 from gnn_attn.run.build import config_error
 from gnn_attn.run.entry import check_command_line, run_task
 from gnn_attn.run.train import train
-from tests.conftest import CONF, ROOT, read_metrics, run_cli, train_overrides
+from tests.conftest import CONF, ROOT, read_metrics, run_cli, start_train, train_overrides
 
 DATA = ROOT / "data" / "planetoid"
 
@@ -224,15 +221,7 @@ def test_signal_saves_last_checkpoint_and_prints_resume(
         "trainer.max_epochs=100000",
         "early_stopping.patience=0",
     )
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_train(*args)
     deadline = time.time() + 120
     # training runs once the CSV log is first flushed (a signal during set-up and the
     # "before" pictures is another matter: see the interrupt issue)

@@ -18,23 +18,11 @@ import torch
 
 from gnn_attn.analysis.aggregate import aggregate
 from gnn_attn.callbacks.selection import EarlyStoppingCheckpoint
-from tests.conftest import ROOT, read_metrics, run_cli
+from tests.conftest import ROOT, read_metrics, run_cli, start_train
 
 COMMON = ["trainer=cpu", "print_config=false", "callbacks=none", "model=gat", "data=cora",
           "seed=5", "trainer.max_epochs=100", "early_stopping.patience=1000",
           "checkpoint.every_n_epochs=10"]  # fmt: skip
-
-
-def _start(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -58,7 +46,7 @@ def test_kill_9_then_resume_in_place_equals_an_unbroken_run(tmp_path: Path, cach
     cache = f"paths.cache_dir={cache_dir}"
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     run_cli("train.py", *COMMON, cache, f"hydra.run.dir={whole}")
-    proc = _start(*COMMON, cache, f"hydra.run.dir={broken}")
+    proc = start_train(*COMMON, cache, f"hydra.run.dir={broken}")
     last = broken / "checkpoints" / "last.ckpt"
     _wait_for(last, proc)  # the first periodic checkpoint (epoch 10)
     proc.send_signal(signal.SIGKILL)
@@ -101,7 +89,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_file(tmp_path: Path) -> N
 
 
 def test_ctrl_c_while_starting_is_one_line_and_130(tmp_path: Path) -> None:
-    proc = _start(f"hydra.run.dir={tmp_path / 'run'}", "trainer=cpu")
+    proc = start_train(f"hydra.run.dir={tmp_path / 'run'}", "trainer=cpu")
     time.sleep(0.5)  # the libraries are still loading
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
@@ -115,7 +103,7 @@ def test_signal_during_the_before_pictures_marks_the_run_interrupted(
 ) -> None:
     sweep = tmp_path / "runs"
     run = sweep / "0"
-    proc = _start(
+    proc = start_train(
         f"hydra.run.dir={run}", f"paths.cache_dir={cache_dir}", "trainer=cpu",
         "print_config=false", "model=gat", "data=cora", "callbacks=[dataset_report,tsne]",
     )  # fmt: skip
@@ -137,7 +125,7 @@ def test_ckpt_path_auto_resumes_the_unfinished_run(tmp_path: Path, cache_dir) ->
     args = ["trainer=cpu", "print_config=false", "callbacks=none", "model=gcn", "data=cora",
             "trainer.max_epochs=400", "checkpoint.every_n_epochs=5",
             f"paths.cache_dir={cache_dir}", f"paths.log_dir={logs}"]  # fmt: skip
-    proc = _start(*args)
+    proc = start_train(*args)
     deadline = time.time() + 180
     while not list(logs.glob("*/*/checkpoints/last.ckpt")):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
