@@ -184,3 +184,16 @@ def test_preempted_submitit_job_requeues_and_resumes(tmp_path: Path, cache_dir) 
     assert not (job / "interrupted.json").exists()
     logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*.out"))
     assert "requeued job: resuming from" in logs
+
+
+def test_a_truncated_last_ckpt_is_one_error_line_naming_it(tmp_path: Path, cache_dir) -> None:
+    run = tmp_path / "run"
+    run_cli("train.py", *COMMON[:6], "trainer.max_epochs=3", f"paths.cache_dir={cache_dir}",
+            f"hydra.run.dir={run}")  # fmt: skip
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # cut short, as a full disk would
+    proc = run_cli("train.py", *COMMON[:6], f"paths.cache_dir={cache_dir}",
+                   f"ckpt_path={last}", check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: cannot read checkpoint {last}")
