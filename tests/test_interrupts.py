@@ -106,6 +106,7 @@ def test_signal_during_the_before_pictures_marks_the_run_interrupted(
     proc = start_train(
         f"hydra.run.dir={run}", f"paths.cache_dir={cache_dir}", "trainer=cpu",
         "print_config=false", "model=gat", "data=cora", "callbacks=[dataset_report,tsne]",
+        "callbacks.tsne.max_iter=2000",  # a long "before" t-SNE: the signal lands inside
     )  # fmt: skip
     _wait_for(run / "dataset.json", proc)  # set-up done; the "before" t-SNE is running
     proc.send_signal(sig)
@@ -115,7 +116,7 @@ def test_signal_during_the_before_pictures_marks_the_run_interrupted(
     assert len(lines) == 1 and lines[0].startswith(f"Interrupted ({signal.Signals(sig).name})")
     assert "Traceback" not in stderr
     record = json.loads((run / "interrupted.json").read_text())
-    assert record["signal"] == signal.Signals(sig).name and record["resume"] is None
+    assert record["signal"] == signal.Signals(sig).name and record["resume"] is None, record
     summary = aggregate(sweep)  # listed as interrupted, not failed
     assert summary["rows"][0]["interrupted"] == 1 and summary["rows"][0]["failed"] == 0
 
