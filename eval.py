@@ -1,22 +1,12 @@
 """Evaluate a checkpoint: python eval.py ckpt_path=outputs/<run>/checkpoints/best.ckpt"""
 
-import os
 import signal
-import sys
 
-
-def _starting(signum: int, frame: object) -> None:
-    """Ctrl-C/SIGTERM while the libraries load: one line, no traceback. Nothing exists
-    yet, so the process ends at once (an exception raised inside an import can leave a
-    library half-initialised and fail loudly on the way out)."""
-    print(f"Interrupted ({signal.Signals(signum).name}): nothing was started", file=sys.stderr)
-    sys.stderr.flush()
-    os._exit(128 + signum)
-
+from train import interrupted_while_starting  # stdlib only: installed before any import
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, _starting)
-    signal.signal(signal.SIGTERM, _starting)
+    signal.signal(signal.SIGINT, interrupted_while_starting)
+    signal.signal(signal.SIGTERM, interrupted_while_starting)
     from gnn_attn.run import entry
     from gnn_attn.run.evaluate import evaluate
 

@@ -5,7 +5,7 @@ import signal
 import sys
 
 
-def _starting(signum: int, frame: object) -> None:
+def interrupted_while_starting(signum: int, frame: object) -> None:
     """Ctrl-C/SIGTERM while the libraries load: one line, no traceback. Nothing exists
     yet, so the process ends at once (an exception raised inside an import can leave a
     library half-initialised and fail loudly on the way out)."""
@@ -15,8 +15,8 @@ def _starting(signum: int, frame: object) -> None:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, _starting)
-    signal.signal(signal.SIGTERM, _starting)
+    signal.signal(signal.SIGINT, interrupted_while_starting)
+    signal.signal(signal.SIGTERM, interrupted_while_starting)
     from gnn_attn.run import entry
     from gnn_attn.run.train import train
 

@@ -244,8 +244,10 @@ def build_callbacks(
     return selection, periodic, stop, timer, callbacks
 
 
-def load_run_config(ckpt_path: Path) -> DictConfig:
-    """The resolved training config stored in a gnn-attn checkpoint."""
+def read_checkpoint(ckpt_path: Path) -> dict[str, Any]:
+    """A checkpoint written by gnn-attn's train.py (it stores the resolved training
+    config in ``hyper_parameters.run_config``), loaded on the CPU; a missing, unreadable
+    or foreign file is one :class:`UserError` naming it."""
     if not ckpt_path.is_file():
         raise UserError(
             f"checkpoint not found: {ckpt_path}; pass ckpt_path=<run dir>/checkpoints/best.ckpt"
@@ -265,4 +267,9 @@ def load_run_config(ckpt_path: Path) -> DictConfig:
             f"{ckpt_path} was not written by gnn-attn's train.py (no stored config); pass a "
             "checkpoint from <run dir>/checkpoints/"
         )
-    return OmegaConf.create(stored)
+    return ckpt
+
+
+def load_run_config(ckpt_path: Path) -> DictConfig:
+    """The resolved training config stored in a gnn-attn checkpoint."""
+    return OmegaConf.create(read_checkpoint(ckpt_path)["hyper_parameters"]["run_config"])

@@ -11,7 +11,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -33,7 +33,7 @@ from gnn_attn.run.build import (
     build_loggers,
     build_node,
     check_ddp_loader,
-    load_run_config,
+    read_checkpoint,
 )
 from gnn_attn.run.distributed import ddp_group, is_worker, world_size
 from gnn_attn.run.sweep import is_multirun
@@ -66,16 +66,26 @@ def mark_interrupted(err: Interrupted, phase: str, out_dir: Path) -> Interrupted
     return Interrupted(err.signum, message)
 
 
-def check_resume(cfg: DictConfig) -> str | None:
-    """``cfg.ckpt_path`` if set, after checking it exists and belongs to this model and
-    dataset (a checkpoint written by train.py stores its config)."""
+class Resume(NamedTuple):
+    """The checkpoint a run resumes from: its path, stored config and epoch."""
+
+    path: str
+    config: DictConfig
+    epoch: int
+
+
+def check_resume(cfg: DictConfig) -> Resume | None:
+    """``cfg.ckpt_path`` (a ``last.ckpt``, or a run dir meaning its ``last.ckpt``) if
+    set, read once, after checking it belongs to this model and dataset (a checkpoint
+    written by train.py stores its config)."""
     path = cfg.get("ckpt_path")
     if not path:
         return None
     resolved = Path(path).expanduser().resolve()
     if resolved.is_dir():  # a run dir
         resolved = resolved / "checkpoints" / "last.ckpt"
-    stored = load_run_config(resolved)
+    ckpt = read_checkpoint(resolved)
+    stored = OmegaConf.create(ckpt["hyper_parameters"]["run_config"])
     for key in ("model", "data"):
         theirs, ours = stored[key].get("name"), cfg[key].get("name")
         if theirs != ours or stored[key].get("_target_") != cfg[key].get("_target_"):
@@ -84,7 +94,7 @@ def check_resume(cfg: DictConfig) -> str | None:
                 f"but {key}={ours} ({cfg[key].get('_target_')}); pass {key}={theirs} or "
                 "another checkpoint"
             )
-    return str(resolved)
+    return Resume(str(resolved), stored, int(ckpt["epoch"]))
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -124,127 +134,58 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with ddp_group(cfg, run) as world:
         if world > 1 and cfg.trainer.get("accelerator") == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        phase = Phase()
         try:
-            return _run(cfg, out_dir, started)
+            return _run(cfg, out_dir, started, phase)
         except TrainingDiverged as err:
             if not is_worker():  # DDP: rank 0 writes
                 write_json(out_dir / "metrics.json", {"status": "failed", "error": str(err)})
             raise
+        except Interrupted as err:
+            if is_worker():
+                raise
+            raise mark_interrupted(err, phase.now, out_dir) from None
 
 
-def _run(cfg: DictConfig, out_dir: Path, started: float) -> dict[str, Any]:
-    phase = "set-up (data, model)"
-    try:
-        resume_requeued_job(cfg, out_dir)
-        resume = check_resume(cfg)
-        resumed = load_run_config(Path(resume)) if resume else None
-        keep_wandb_run(cfg, resumed)
-        run_config = OmegaConf.to_container(cfg, resolve=True)
-        datamodule, module = build_data_and_model(cfg, "fit", run_config)
-        selection, periodic, stop, timer, callbacks = build_callbacks(cfg)
-        history = csv_history(out_dir, resume)
-        loggers = build_loggers(cfg)
-        restore_csv_history(loggers, history)
-        # a live bar only where one was built (a terminal); else Lightning would add its own
-        live = any(isinstance(c, ProgressBar) for c in callbacks)
-        trainer: L.Trainer = build_node(
-            "trainer",
-            cfg.trainer,
-            callbacks=callbacks,
-            logger=loggers or False,
-            enable_progress_bar=live,
-        )
-        for lg in loggers:
-            lg.log_hyperparams(run_config)
-        phase = "training (or the pictures before it)"
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-        if stop.preempted:  # last.ckpt is written: submitit requeues, the job resumes
-            write_json(
-                out_dir / INTERRUPTED_FILE,
-                {"signal": signal.Signals(stop.received).name, "phase": "training",
-                 "resume": "requeued by submitit: the job resumes from last.ckpt"},
-            )  # fmt: skip
-            stop.hand_over()
-        if stop.received is not None:
-            raise Interrupted(stop.received)
-        phase = "selection and test (training had finished)"
-        return _select_and_test(cfg, out_dir, started, trainer, module, datamodule,
-                                selection, periodic, timer, callbacks, loggers)  # fmt: skip
-    except Interrupted as err:
-        if is_worker():
-            raise
-        raise mark_interrupted(err, phase, out_dir) from None
+class Phase:
+    """What the run is doing, for the line an interrupt prints."""
+
+    now = "set-up (data, model)"
 
 
-def resume_requeued_job(cfg: DictConfig, out_dir: Path) -> None:
-    """A submitit job that was preempted and requeued runs again in its own job dir:
-    resume it from the ``last.ckpt`` it wrote (unless it already finished)."""
-    last = out_dir / "checkpoints" / "last.ckpt"
-    if preemption_signal() is None or cfg.get("ckpt_path") or not last.is_file():
-        return
-    if (out_dir / "metrics.json").is_file():
-        return
-    print(f"requeued job: resuming from {last}", flush=True)
-    with open_dict(cfg):
-        cfg.ckpt_path = str(last)
-
-
-def keep_wandb_run(cfg: DictConfig, resumed: DictConfig | None) -> None:
-    """Give the W&B run its id now, so that the checkpoints store it: a resumed run
-    continues the W&B run of its checkpoint (``resume="allow"``)."""
-    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
-    if wandb_cfg is None:
-        return
-    stored = OmegaConf.select(resumed, "logger.wandb.id") if resumed is not None else None
-    with open_dict(cfg):
-        wandb_cfg.id = stored or wandb_cfg.get("id") or new_run_id()
-
-
-def csv_history(out_dir: Path, resume: str | None) -> tuple[list[str], list[dict]] | None:
-    """Resuming in the run's own dir: the header and rows of its ``csv/metrics.csv`` up
-    to the checkpoint's epoch (rows logged after it are trained again)."""
-    path = out_dir / "csv" / "metrics.csv"
-    if not resume or not path.is_file():
-        return None
-    epoch = int(torch.load(resume, map_location="cpu", weights_only=False)["epoch"])
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        rows = [r for r in reader if r.get("epoch") and int(float(r["epoch"])) <= epoch]
-        return list(reader.fieldnames or []), rows
-
-
-def restore_csv_history(loggers: list, history: tuple[list[str], list[dict]] | None) -> None:
-    """Put the kept rows back under the new CSV logger (Lightning's CSV writer deletes
-    an existing ``metrics.csv`` when it starts), so each epoch appears once."""
-    if history is None:
-        return
-    header, rows = history
+def _run(cfg: DictConfig, out_dir: Path, started: float, phase: Phase) -> dict[str, Any]:
+    resume_requeued_job(cfg, out_dir)
+    resume = check_resume(cfg)
+    keep_wandb_run(cfg, resume)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    datamodule, module = build_data_and_model(cfg, "fit", run_config)
+    selection, periodic, stop, timer, callbacks = build_callbacks(cfg)
+    history = csv_history(out_dir, resume)
+    loggers = build_loggers(cfg)
+    restore_csv_history(loggers, history)
+    # a live bar only where one was built (a terminal); else Lightning would add its own
+    live = any(isinstance(c, ProgressBar) for c in callbacks)
+    trainer: L.Trainer = build_node(
+        "trainer",
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_progress_bar=live,
+    )
     for lg in loggers:
-        if isinstance(lg, CSVLogger):
-            with warnings.catch_warnings():  # "... will be deleted": they are put back here
-                warnings.simplefilter("ignore")
-                writer = lg.experiment
-            with open(writer.metrics_file_path, "w", newline="") as f:
-                out = csv.DictWriter(f, fieldnames=header)
-                out.writeheader()
-                out.writerows(rows)
-            writer.metrics_keys = list(header)
-
-
-def _select_and_test(
-    cfg: DictConfig,
-    out_dir: Path,
-    started: float,
-    trainer: L.Trainer,
-    module: L.LightningModule,
-    datamodule: L.LightningDataModule,
-    selection: Any,
-    periodic: Any,
-    timer: Any,
-    callbacks: list,
-    loggers: list,
-) -> dict[str, Any]:
-    run_config = module.hparams["run_config"]
+        lg.log_hyperparams(run_config)
+    phase.now = "training (or the pictures before it)"
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path if resume else None)
+    if stop.preempted:  # last.ckpt is written: submitit requeues, the job resumes
+        write_json(
+            out_dir / INTERRUPTED_FILE,
+            {"signal": signal.Signals(stop.received).name, "phase": "training",
+             "resume": "requeued by submitit: the job resumes from last.ckpt"},
+        )  # fmt: skip
+        stop.hand_over()
+    if stop.received is not None:
+        raise Interrupted(stop.received)
+    phase.now = "selection and test (training had finished)"
     parts = [dict(p) for p in periodic.parts]  # before test loads best.ckpt's callback state
     fit_seconds = timer.time_elapsed("train")  # the epoch loop: train steps + validation
     epochs = trainer.current_epoch
@@ -294,3 +235,57 @@ def _select_and_test(
         f"{metrics['ms_per_epoch']:.1f} ms/epoch | {out_dir}"
     )
     return metrics
+
+
+def resume_requeued_job(cfg: DictConfig, out_dir: Path) -> None:
+    """A submitit job that was preempted and requeued runs again in its own job dir:
+    resume it from the ``last.ckpt`` it wrote (unless it already finished)."""
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if preemption_signal() is None or cfg.get("ckpt_path") or not last.is_file():
+        return
+    if (out_dir / "metrics.json").is_file():
+        return
+    print(f"requeued job: resuming from {last}", flush=True)
+    with open_dict(cfg):
+        cfg.ckpt_path = str(last)
+
+
+def keep_wandb_run(cfg: DictConfig, resume: Resume | None) -> None:
+    """Give the W&B run its id now, so that the checkpoints store it: a resumed run
+    continues the W&B run of its checkpoint (``resume="allow"``)."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is None:
+        return
+    stored = OmegaConf.select(resume.config, "logger.wandb.id") if resume else None
+    with open_dict(cfg):
+        wandb_cfg.id = stored or wandb_cfg.get("id") or new_run_id()
+
+
+def csv_history(out_dir: Path, resume: Resume | None) -> tuple[list[str], list[dict]] | None:
+    """Resuming in the run's own dir: the header and rows of its ``csv/metrics.csv`` up
+    to the checkpoint's epoch (rows logged after it are trained again)."""
+    path = out_dir / "csv" / "metrics.csv"
+    if resume is None or not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if r.get("epoch") and int(float(r["epoch"])) <= resume.epoch]
+        return list(reader.fieldnames or []), rows
+
+
+def restore_csv_history(loggers: list, history: tuple[list[str], list[dict]] | None) -> None:
+    """Put the kept rows back under the new CSV logger (Lightning's CSV writer deletes
+    an existing ``metrics.csv`` when it starts), so each epoch appears once."""
+    if history is None:
+        return
+    header, rows = history
+    for lg in loggers:
+        if isinstance(lg, CSVLogger):
+            with warnings.catch_warnings():  # "... will be deleted": they are put back here
+                warnings.simplefilter("ignore")
+                writer = lg.experiment
+            with open(writer.metrics_file_path, "w", newline="") as f:
+                out = csv.DictWriter(f, fieldnames=header)
+                out.writeheader()
+                out.writerows(rows)
+            writer.metrics_keys = list(header)
