@@ -16,6 +16,24 @@ from lightning.pytorch.callbacks import Callback, Checkpoint
 from gnn_attn.errors import UserError
 
 
+def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """``checkpoint`` to ``path`` through a temp file, fsync and rename: a kill at any
+    moment leaves the previous file whole."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    with tmp.open("wb") as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    folder = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 class EarlyStoppingCheckpoint(Callback):
     r"""Stop when no monitored validation metric improved for ``patience`` epochs, and
     keep the weights of the epoch where all of them were at their best.
@@ -142,22 +160,9 @@ class EarlyStoppingCheckpoint(Callback):
 
     @staticmethod
     def _save_atomically(trainer: L.Trainer, checkpoint: dict[str, Any], path: str) -> None:
-        """``checkpoint`` to ``path`` through a temp file, fsync and rename (rank 0)."""
-        if not trainer.is_global_zero:
-            return
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        with tmp.open("wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        folder = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        """:func:`save_atomically` on rank 0."""
+        if trainer.is_global_zero:
+            save_atomically(checkpoint, path)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.write(trainer)

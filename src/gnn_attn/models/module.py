@@ -201,6 +201,21 @@ class NodeClassifier(L.LightningModule):
             metrics["val/acc_best"] = torch.tensor(self.val_acc_best)
         self._publish(metrics)
 
+    @torch.no_grad()
+    def score(self, batch: Data, stage: str) -> dict[str, float]:
+        """``{stage}/loss`` and ``{stage}/acc`` of one whole batch in eval mode, outside a
+        Trainer, with the arithmetic of an epoch's metrics (a stacked member is tested
+        this way: its numbers are those ``eval.py`` gets from its checkpoint)."""
+        was_training = self.training
+        self.eval()
+        try:
+            self._step(batch, stage)
+            sums, n = self._sums.pop(stage)
+        finally:
+            self.train(was_training)
+        loss_sum, correct = sums.tolist()
+        return {f"{stage}/loss": loss_sum / max(n, 1), f"{stage}/acc": correct / max(n, 1)}
+
     def _publish(self, metrics: dict[str, Tensor]) -> None:
         """One epoch's metrics to the callbacks and the loggers (see the class doc)."""
         trainer = self.trainer

@@ -109,14 +109,9 @@ def backbone_class(cfg: DictConfig) -> Any:
         ) from err
 
 
-def build_data_and_model(
-    cfg: DictConfig, stage: str, run_config: dict[str, Any] | None = None
-) -> tuple[NodeDataModule, NodeClassifier]:
-    """The data module (set up for ``stage``) and the classifier sized to its graph.
-
-    The features stay CSR only for backbones that declare ``supports_csr``; the data
-    module serves receptive fields to backbones whose outputs are exact on them
-    (``exact_hops``)."""
+def build_data(cfg: DictConfig, stage: str) -> NodeDataModule:
+    """The data module of ``cfg.data``, set up for ``stage``. The features stay CSR only
+    for backbones (``model._target_``) that declare ``supports_csr``."""
     net_class = backbone_class(cfg)
     data_kwargs = {}
     data_class = get_class(cfg.data._target_) if "_target_" in cfg.data else None
@@ -130,10 +125,20 @@ def build_data_and_model(
         datamodule.setup(stage)
     except (ValueError, TypeError) as err:  # e.g. a split rule the dataset cannot take
         raise config_error("data", cfg.data, err) from err
+    return datamodule
 
+
+def build_model(
+    cfg: DictConfig, datamodule: NodeDataModule, run_config: dict[str, Any] | None = None
+) -> NodeClassifier:
+    """The classifier sized to ``datamodule``'s graph. The random generators are seeded
+    with ``cfg.seed`` just before, so a model's initial weights depend on its config and
+    seed alone (not on what the data module drew): a stacked member and the lone run of
+    its seed start from the same weights."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     settings = model_settings(model)
     backbone = {k: v for k, v in model.items() if k not in SETTINGS}
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     net = build_node(
         "model", backbone, in_channels=datamodule.num_features, out_channels=datamodule.num_classes
     )
@@ -149,8 +154,19 @@ def build_data_and_model(
     except (ValueError, TypeError, ImportError) as err:
         raise config_error("model", model, err) from err
     _check_fanouts(cfg, net)
+    return module
+
+
+def build_data_and_model(
+    cfg: DictConfig, stage: str, run_config: dict[str, Any] | None = None
+) -> tuple[NodeDataModule, NodeClassifier]:
+    """The data module (set up for ``stage``) and the classifier sized to its graph; the
+    data module serves receptive fields to backbones whose outputs are exact on them
+    (``exact_hops``)."""
+    datamodule = build_data(cfg, stage)
+    module = build_model(cfg, datamodule, run_config)
     if datamodule.loader == "full":
-        datamodule.serve_receptive_fields(getattr(net, "exact_hops", None))
+        datamodule.serve_receptive_fields(getattr(module.net, "exact_hops", None))
     return datamodule, module
 
 

@@ -85,6 +85,11 @@ def check_resume(cfg: DictConfig) -> Resume | None:
     if resolved.is_dir():  # a run dir
         resolved = resolved / "checkpoints" / "last.ckpt"
     ckpt = read_checkpoint(resolved)
+    if "optimizer_states" not in ckpt:
+        raise UserError(
+            f"ckpt_path {path} holds weights only (a stacked member's best.ckpt): training "
+            "cannot resume from it; evaluate it with eval.py or train anew"
+        )
     stored = OmegaConf.create(ckpt["hyper_parameters"]["run_config"])
     for key in ("model", "data"):
         theirs, ours = stored[key].get("name"), cfg[key].get("name")
@@ -221,20 +226,27 @@ def _run(cfg: DictConfig, out_dir: Path, started: float, phase: Phase) -> dict[s
         metrics["processes"] = trainer.world_size
     if not trainer.is_global_zero:
         return metrics  # DDP: rank 0 writes and reports
+    publish(metrics, loggers, out_dir)
+    return metrics
+
+
+def publish(metrics: dict[str, Any], loggers: list, out_dir: Path) -> None:
+    """A finished run's ``metrics.json``, its W&B summary and checkpoint artifact, and
+    its result line."""
+    public = {k: v for k, v in metrics.items() if k != "output_dir"}
     for lg in loggers:
         if isinstance(lg, WandbLogger):
-            lg.experiment.summary.update({k: v for k, v in metrics.items() if k != "output_dir"})
+            lg.experiment.summary.update(public)
         if isinstance(lg, RunLogger):
-            lg.log_checkpoint(best, {k: v for k, v in metrics.items() if k != "output_dir"})
+            lg.log_checkpoint(metrics["checkpoint"], public)
     write_json(out_dir / "metrics.json", metrics)
     (out_dir / INTERRUPTED_FILE).unlink(missing_ok=True)  # a resumed run finished
     print(
-        f"{metrics['model']} on {metrics['dataset']} (seed {cfg.seed}): "
+        f"{metrics['model']} on {metrics['dataset']} (seed {metrics['seed']}): "
         f"test/acc {metrics['test/acc']:.4f} | val/acc {metrics['val/acc']:.4f} "
-        f"(best epoch {selection.best_epoch} of {epochs}) | "
+        f"(best epoch {metrics['best_epoch']} of {metrics['epochs']}) | "
         f"{metrics['ms_per_epoch']:.1f} ms/epoch | {out_dir}"
     )
-    return metrics
 
 
 def resume_requeued_job(cfg: DictConfig, out_dir: Path) -> None:

@@ -1,0 +1,384 @@
+"""Many runs in one process: the jobs of a sweep that differ only in ``seed`` trained
+as one stack (:class:`~gnn_attn.models.stacked.StackedNet`), each member with its own
+initialisation, dropout masks, optimizer state, early stopping and selected weights.
+
+Why not Lightning's loop: it reads every epoch's metrics on the host (the stop decision,
+the callbacks), and on these small graphs the loop, not the arithmetic, is most of an
+epoch. Here an epoch — training step, validation forward, the metric sums and each
+member's selection update (best values, patience, a masked copy of the selected
+weights) — stays on the device; the host reads the block's metrics every
+``readout_every`` epochs (for the stop decision and the history). On a GPU the block of
+epochs is a CUDA graph (captured once, replayed), where the device allows it.
+
+Each member ends as a lone job does: ``config.yaml``, ``checkpoints/best.ckpt`` (a
+Lightning checkpoint of the lone model: ``eval.py`` evaluates it on its own and gets the
+same ``test/acc``), ``metrics.json``, the configured loggers (the epoch history, written
+when the stack ends) — see :func:`finish_member`. What a lone run has and a member has
+not: the pictures (``callbacks``), ``last.ckpt`` and resume (a stack is one short
+process: an interrupted one runs again), and the live progress bar.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+from torch_geometric.data import Data
+
+from gnn_attn.callbacks.selection import save_atomically
+from gnn_attn.console import quiet
+from gnn_attn.errors import TrainingDiverged, UserError
+from gnn_attn.models import NodeClassifier, count_parameters
+from gnn_attn.models.stacked import StackedNet, why_not_stackable
+from gnn_attn.run.build import build_data, build_loggers, build_model, model_settings
+from gnn_attn.run.train import publish, write_json
+
+HISTORY = ("train/loss", "train/acc", "val/loss", "val/acc")
+
+
+class NotStackable(UserError):
+    """The group cannot train as a stack; the launcher runs its jobs one by one."""
+
+
+class Scored(NamedTuple):
+    """One stage's batch on the device and its scored rows."""
+
+    x: Tensor
+    edge_index: Tensor
+    hops: tuple[list[int], list[int]] | None
+    y: Tensor  # labels of the scored rows
+    rows: slice | Tensor  # the scored rows of the logits (seeds first: a slice)
+    batch: Data  # as the lone model takes it (its val/test)
+
+    def logits(self, net: StackedNet) -> Tensor:
+        out = net(self.x, self.edge_index, self.hops)
+        return out[self.rows] if isinstance(self.rows, slice) else out.index_select(0, self.rows)
+
+
+def scored_batch(datamodule: Any, stage: str, device: torch.device) -> Scored:
+    """The stage's one full batch (the whole graph or the stage's receptive field)."""
+    batch = next(iter(getattr(datamodule, f"{stage}_dataloader")()))
+    batch = datamodule.transfer_batch_to_device(batch, device, 0)
+    if "batch_size" in batch:  # seeds first
+        rows: slice | Tensor = slice(0, int(batch.batch_size))
+        y = batch.y[: batch.batch_size]
+    else:  # static index instead of a boolean mask: no host sync when it is used
+        rows = batch[f"{stage}_mask"].nonzero().view(-1)
+        y = batch.y.index_select(0, rows)
+    hops = None
+    if "num_sampled_nodes" in batch:
+        hops = (list(batch.num_sampled_nodes), list(batch.num_sampled_edges))
+    return Scored(batch.x, batch.edge_index, hops, y, rows, batch)
+
+
+def member_metrics(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Each member's mean cross-entropy and accuracy over the scored nodes.
+
+    ``logits`` :math:`(n, S, C)`, ``y`` :math:`(n,)` → loss :math:`(S,)`, acc :math:`(S,)`:
+    :math:`\mathcal{L}_s = -\frac{1}{n}\sum_i \log\mathrm{softmax}(\mathbf{z}_{is})_{y_i}`."""
+    logp = logits.log_softmax(-1)
+    index = y.view(-1, 1, 1).expand(-1, logits.size(1), 1)
+    loss = -logp.gather(-1, index).squeeze(-1).mean(0)
+    acc = (logits.argmax(-1) == y.view(-1, 1)).to(logits.dtype).mean(0)
+    return loss, acc
+
+
+class MemberSelection:
+    r""":class:`~gnn_attn.callbacks.EarlyStoppingCheckpoint`'s rule for every member at
+    once, as device tensors (no host sync): after each validation, a monitor improves
+    when at least as good as its best so far; any improvement resets the member's
+    patience, all of them select the epoch (its weights are copied into the snapshot,
+    masked per member); ``patience`` validations without improvement stop the member.
+    A stopped member's state no longer changes (its weights still train, unread).
+
+    Args:
+        monitors: ``{"val/loss": "min", "val/acc": "max"}``-like, names from
+            :data:`HISTORY`.
+        patience: 0 turns stopping off.
+        params: the stacked parameters to snapshot, each with its member axis.
+    """
+
+    def __init__(
+        self, monitors: dict[str, str], patience: int, params: list[tuple[Tensor, int]]
+    ) -> None:
+        unknown = [m for m in monitors if m not in HISTORY]
+        if unknown:
+            raise UserError(
+                f"early_stopping monitors {', '.join(unknown)}, which a stack does not "
+                f"compute; use some of {', '.join(HISTORY)}"
+            )
+        first, axis = params[0]
+        s, device = first.size(axis), first.device
+        self.rows = torch.tensor([HISTORY.index(m) for m in monitors], device=device)
+        # improving means sign * value <= sign * best (min: +1, max: -1)
+        self.sign = torch.tensor(
+            [1.0 if mode == "min" else -1.0 for mode in monitors.values()], device=device
+        ).view(-1, 1)
+        self.best = torch.full((len(monitors), s), math.inf, device=device)  # sign * best
+        self.patience = patience
+        self.wait = torch.zeros(s, dtype=torch.long, device=device)
+        self.best_epoch = torch.full((s,), -1, dtype=torch.long, device=device)
+        self.stop_epoch = torch.full((s,), -1, dtype=torch.long, device=device)
+        self.stopped = torch.zeros(s, dtype=torch.bool, device=device)
+        self.params = [p for p, _ in params]
+        self.masks = [[s if d == axis else 1 for d in range(p.dim())] for p, axis in params]
+        self.snapshot = [p.detach().clone() for p in self.params]
+
+    def update(self, metrics: Tensor, epoch: Tensor) -> None:
+        """``metrics`` :math:`(|HISTORY|, S)` of epoch ``epoch`` (a 0-d device tensor)."""
+        active = ~self.stopped
+        signed = self.sign * metrics.index_select(0, self.rows)
+        improved = (signed <= self.best) & active
+        selected = improved.all(0)
+        self.best = torch.where(improved, signed, self.best)
+        self.best_epoch = torch.where(selected, epoch, self.best_epoch)
+        for snap, p, shape in zip(self.snapshot, self.params, self.masks, strict=True):
+            torch.where(selected.view(shape), p.detach(), snap, out=snap)
+        self.wait = torch.where(improved.any(0), 0, self.wait + active.long())
+        if self.patience:
+            ends = active & (self.wait >= self.patience)
+            self.stop_epoch = torch.where(ends, epoch, self.stop_epoch)
+            self.stopped = self.stopped | ends
+
+
+@dataclass
+class MemberResult:
+    """What a member's job writes (:func:`finish_member`), or why it failed."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+    error: BaseException | None = None
+
+
+def pick_device(cfg: DictConfig) -> torch.device:
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class StackTrainer:
+    """Trains the members of ``cfgs`` (one config each, equal but for ``seed``) as one
+    stack: :meth:`fit` then :meth:`results`. :meth:`run_epochs` is the host-sync-free
+    block; :meth:`read_out` the host's look at it."""
+
+    def __init__(self, cfgs: list[DictConfig], readout_every: int = 50) -> None:
+        quiet()
+        base = cfgs[0]
+        if base.data.get("loader", "full") != "full":
+            raise NotStackable(f"data.loader={base.data.loader}: stacks train full batch only")
+        self.cfgs, self.readout_every = cfgs, max(1, int(readout_every))
+        self.device = pick_device(base)
+        self.run_configs = [OmegaConf.to_container(c, resolve=True) for c in cfgs]
+        self.datamodule = build_data(base, "fit")
+        self.modules: list[NodeClassifier] = [
+            build_model(c, self.datamodule, rc)
+            for c, rc in zip(cfgs, self.run_configs, strict=True)
+        ]
+        lone = self.modules[0].net
+        reason = why_not_stackable(lone)
+        if reason:
+            raise NotStackable(reason)
+        self.datamodule.serve_receptive_fields(getattr(lone, "exact_hops", None))
+        self.train_batch, self.val_batch, self.test_batch = (
+            scored_batch(self.datamodule, stage, self.device) for stage in ("train", "val", "test")
+        )
+        self.net = StackedNet([m.net for m in self.modules]).to(self.device)
+        self.optimizer = self._optimizer()
+        selection = OmegaConf.to_container(base.early_stopping, resolve=True)
+        self.selection = MemberSelection(
+            selection.get("monitors") or {"val/loss": "min", "val/acc": "max"},
+            int(selection.get("patience", 100)),
+            self.net.member_axes(),
+        )
+        self.max_epochs = int(base.trainer.get("max_epochs") or 1000)
+        s = len(cfgs)
+        self.history = torch.zeros(self.max_epochs, len(HISTORY), s, device=self.device)
+        self.epoch = torch.zeros((), dtype=torch.long, device=self.device)
+        self.epochs_run = 0
+        self.fit_seconds = 0.0
+        self.failed: dict[int, TrainingDiverged] = {}
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """The model config's optimizer on the stacked parameters, with the lone run's
+        weight-decay scope (elementwise: each member's update is its lone update)."""
+        settings = model_settings(OmegaConf.to_container(self.cfgs[0].model, resolve=True))
+        make = self.modules[0].optimizer_class
+        kwargs: dict[str, Any] = {"lr": settings.lr, "weight_decay": settings.weight_decay}
+        if "fused" in inspect.signature(make).parameters:
+            kwargs["fused"] = True  # one kernel per tensor: the stacked tensors are large
+        named = list(self.net.named_parameters())
+        if settings.weight_decay_on == "all":
+            return make([p for _, p in named], **kwargs)
+        if settings.weight_decay_on == "weights":
+            decay = [p for n, p in named if not n.endswith("bias")]
+        else:
+            decay = list(self.net.first_layer.parameters())
+        ids = {id(p) for p in decay}
+        rest = [p for _, p in named if id(p) not in ids]
+        return make([{"params": decay}, {"params": rest, "weight_decay": 0.0}], **kwargs)
+
+    def run_epochs(self, n: int) -> None:
+        """``n`` epochs with no host sync: training step, validation forward, metrics
+        into the history, selection update."""
+        for _ in range(n):
+            self.net.train()
+            loss, acc = member_metrics(self.train_batch.logits(self.net), self.train_batch.y)
+            self.optimizer.zero_grad(set_to_none=False)
+            loss.sum().backward()  # member s's gradient is its own loss's
+            self.optimizer.step()
+            self.net.eval()
+            with torch.no_grad():
+                val_loss, val_acc = member_metrics(
+                    self.val_batch.logits(self.net), self.val_batch.y
+                )
+                row = torch.stack([loss.detach(), acc, val_loss, val_acc])
+                self.history.index_copy_(0, self.epoch.view(1), row.unsqueeze(0))
+                self.selection.update(row, self.epoch)
+                self.epoch += 1
+
+    def read_out(self, start: int, end: int) -> bool:
+        """The host reads epochs ``start..end-1``: a member whose training loss is not
+        finite fails (and stops); returns whether every member has stopped."""
+        losses = self.history[start:end, 0].cpu()
+        for s in range(losses.size(1)):
+            bad = (~torch.isfinite(losses[:, s])).nonzero()
+            if s not in self.failed and bad.numel():
+                epoch = start + int(bad[0])
+                self.failed[s] = TrainingDiverged(
+                    f"training diverged: train/loss is {float(losses[int(bad[0]), s])} at "
+                    f"epoch {epoch}; the learning rate is likely too high: lower model.lr"
+                )
+                self.selection.stopped[s] = True
+                self.selection.stop_epoch[s] = epoch
+        return bool(self.selection.stopped.all())
+
+    def fit(self, on_block: Callable[[int], None] | None = None) -> None:
+        """Blocks of ``readout_every`` epochs until every member stopped or
+        ``trainer.max_epochs``."""
+        started = time.perf_counter()
+        while self.epochs_run < self.max_epochs:
+            n = min(self.readout_every, self.max_epochs - self.epochs_run)
+            self.run_epochs(n)
+            start, self.epochs_run = self.epochs_run, self.epochs_run + n
+            done = self.read_out(start, self.epochs_run)
+            if on_block is not None:
+                on_block(self.epochs_run)
+            if done:
+                break
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.fit_seconds = time.perf_counter() - started
+
+    def results(self) -> list[MemberResult]:
+        """Each member's selected weights, tested as a lone model, its history and
+        checkpoint."""
+        with torch.no_grad():
+            for p, snap in zip(self.selection.params, self.selection.snapshot, strict=True):
+                p.copy_(snap)
+        best_epochs = self.selection.best_epoch.tolist()
+        stop_epochs = self.selection.stop_epoch.tolist()
+        history = self.history[: self.epochs_run].cpu()
+        members = len(self.cfgs)
+        out = []
+        for s, (cfg, module) in enumerate(zip(self.cfgs, self.modules, strict=True)):
+            if s in self.failed:
+                out.append(MemberResult(error=self.failed[s]))
+                continue
+            epochs = stop_epochs[s] + 1 if stop_epochs[s] >= 0 else self.epochs_run
+            best = best_epochs[s]
+            if best < 0:
+                out.append(MemberResult(error=UserError(
+                    "training ran no validation epoch; set trainer.max_epochs ≥ 1")))  # fmt: skip
+                continue
+            module.net.load_state_dict(self.net.member_state_dict(s))
+            module.to(self.device)
+            val = module.score(self.val_batch.batch, "val")
+            test = module.score(self.test_batch.batch, "test")
+            rows = _history_rows(history[:epochs, :, s])
+            module.val_acc_best = max(r["val/acc"] for r in rows)
+            out_dir = Path(cfg.paths.output_dir)
+            metrics = {
+                "dataset": self.datamodule.name,
+                "model": self.run_configs[s]["model"].get("name"),
+                "seed": cfg.seed,
+                "test/acc": test["test/acc"],
+                "test/loss": test["test/loss"],
+                "val/acc": val["val/acc"],
+                "val/loss": val["val/loss"],
+                "val/acc_best": module.val_acc_best,
+                "best_epoch": best,
+                "epochs": epochs,
+                "fit_seconds": round(self.fit_seconds / members, 4),
+                "ms_per_epoch": round(1000 * self.fit_seconds / members / self.epochs_run, 3),
+                "stack": {
+                    "members": members,
+                    "epochs": self.epochs_run,
+                    "fit_seconds": round(self.fit_seconds, 4),
+                    "device": str(self.device),
+                    "readout_every": self.readout_every,
+                },  # fmt: skip
+                "num_params": count_parameters(module.net),
+                "checkpoint": str(out_dir / "checkpoints" / "best.ckpt"),
+                "output_dir": str(out_dir),
+            }
+            out.append(MemberResult(metrics, rows, member_checkpoint(module, best)))
+        return out
+
+
+def _history_rows(values: Tensor) -> list[dict[str, float]]:
+    """One member's ``(epochs, |HISTORY|)`` history as rows with ``val/acc_best``."""
+    rows, best = [], -math.inf
+    for epoch, row in enumerate(values.tolist()):
+        entry = dict(zip(HISTORY, row, strict=True))
+        best = max(best, entry["val/acc"])
+        rows.append({**entry, "val/acc_best": best, "epoch": epoch})
+    return rows
+
+
+def member_checkpoint(module: NodeClassifier, epoch: int) -> dict[str, Any]:
+    """A Lightning checkpoint of the lone model with the member's selected weights, as
+    :class:`~gnn_attn.callbacks.EarlyStoppingCheckpoint` writes ``best.ckpt`` (weights,
+    hyperparameters with the run config; no optimizer or loop state: not resumable)."""
+    return {
+        "epoch": epoch,
+        "global_step": epoch + 1,
+        "pytorch-lightning_version": L.__version__,
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "callbacks": {},
+        "hparams_name": "kwargs",
+        "hyper_parameters": dict(module.hparams),
+        "val_acc_best": module.val_acc_best,
+    }
+
+
+def finish_member(cfg: DictConfig, result: MemberResult) -> dict[str, Any]:
+    """Member ``cfg``'s job, inside its Hydra job (its dir and W&B names): raise its
+    failure, or write what a lone run writes and return its metrics."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    if result.error is not None:
+        if isinstance(result.error, TrainingDiverged):
+            write_json(out_dir / "metrics.json", {"status": "failed", "error": str(result.error)})
+        raise result.error
+    save_atomically(result.checkpoint, result.metrics["checkpoint"])
+    loggers = build_loggers(cfg)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:
+        lg.log_hyperparams(run_config)
+        for row in result.history:
+            lg.log_metrics(row, step=row["epoch"])
+        lg.finalize("success")
+    publish(result.metrics, loggers, out_dir)
+    return result.metrics
