@@ -56,7 +56,7 @@ def project_members(h: Tensor, weight: Tensor, p: float, training: bool) -> Tens
     inputs :math:`(N, S, F)` (already dropped out) and ``weight`` :math:`(S, F, P)`.
     Returns :math:`(N, S, P)`."""
     if h.dim() == 2:  # shared input: a "head" per member, each with its own mask
-        f, s, p_out = weight.shape
+        _, s, p_out = weight.shape
         return project_per_head(h, weight, s, p, training).view(-1, s, p_out)
     return torch.bmm(h.transpose(0, 1), weight).transpose(0, 1)
 
@@ -258,7 +258,7 @@ class StackedNet(nn.Module):
         self.dropout, self.act, self.trims = lone.dropout, lone.act, lone.trims
         self.layers = nn.ModuleList(
             STACKED[type(group[0])](group, shared_input=i == 0)
-            for i, group in enumerate(zip(*(m.layers for m in members)))
+            for i, group in enumerate(zip(*(m.layers for m in members), strict=True))
         )
         self._prefixes = [f"layers.{i}." for i in range(len(self.layers))]
         self._template = {k: v.detach().clone() for k, v in lone.state_dict().items()}

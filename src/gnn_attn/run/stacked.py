@@ -327,7 +327,7 @@ class StackTrainer:
                     "fit_seconds": round(self.fit_seconds, 4),
                     "device": str(self.device),
                     "readout_every": self.readout_every,
-                },  # fmt: skip
+                },
                 "num_params": count_parameters(module.net),
                 "checkpoint": str(out_dir / "checkpoints" / "best.ckpt"),
                 "output_dir": str(out_dir),

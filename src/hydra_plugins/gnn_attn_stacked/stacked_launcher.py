@@ -131,7 +131,9 @@ class StackedLauncher(Launcher):
             except Interrupted as err:
                 for cfg in task_cfgs:
                     mark_interrupted(Path(cfg.paths.output_dir), err)
-                raise Interrupted(err.signum, "during a stack's training; run the sweep again")
+                raise Interrupted(
+                    err.signum, "during a stack's training; run the sweep again"
+                ) from None
             results = trainer.results()
         returns = []
         for cfg, result in zip(configs, results, strict=True):
