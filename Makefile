@@ -36,11 +36,11 @@ table: install
 	@test -n "$(SWEEP)" || { echo "Error: pass SWEEP=multirun/<date>/<time>"; exit 2; }
 	$(BIN)/python -m gnn_attn.analysis.aggregate $(SWEEP)
 
-# Runs the whole table (10 seeds, 2 parallel jobs), then aggregates it.
+# Runs the whole table (10 seeds per cell, each cell's seeds one stack), then aggregates it.
+# The paper's 100 runs per cell: make paper-table ARGS=experiment=paper_table_100
 paper-table: install
 	@dir=multirun/paper_table/$$(date +%Y-%m-%d_%H-%M-%S); \
-	$(BIN)/python train.py experiment=paper_table hydra/launcher=joblib \
-		hydra.sweep.dir=$$dir $(ARGS); \
+	$(BIN)/python train.py experiment=paper_table hydra.sweep.dir=$$dir $(ARGS); \
 	status=$$?; \
 	$(BIN)/python -m gnn_attn.analysis.aggregate $$dir; \
 	exit $$status

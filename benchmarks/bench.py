@@ -12,7 +12,11 @@ interleaved (every repetition runs each of them once) and medians reported:
 (c) ``ours``: ``gnn_attn.run.train.run`` — the real LightningModule and Trainer, fixed epochs,
     no early stopping, no logger, no pictures;
 (d) ``bare``: our backbone (same config, CSR features) in a bare PyTorch loop, on the
-    same receptive-field batches as (c) for GAT/GATv2, to show what Lightning adds (c/d).
+    same receptive-field batches as (c) for GAT/GATv2, to show what Lightning adds (c/d);
+(e) ``stacked S``: S members of (c)'s config trained as one stack
+    (:class:`gnn_attn.run.stacked.StackTrainer`, what ``hydra/launcher=stacked`` runs;
+    on a GPU its epochs replay a CUDA graph), reported as ms per *member*-epoch
+    (``--stack-sizes``, default 1 10 100; test accuracy is the members' mean).
 
 An epoch is one training step plus one validation forward. Test accuracy: (a) and (b)
 at the epoch of best validation accuracy; (c) from ``metrics.json`` (the paper's
@@ -46,6 +50,7 @@ from gnn_attn.data import PlanetoidDataModule
 from gnn_attn.data.sampler import receptive_field
 from gnn_attn.errors import exits_cleanly
 from gnn_attn.run.build import build_data_and_model
+from gnn_attn.run.stacked import StackTrainer
 from gnn_attn.run.train import run
 
 MODELS = ("gcn", "gat", "gatv2")
@@ -127,6 +132,28 @@ def ours(model: str, dataset: str, epochs: int, seed: int, out_dir: Path) -> dic
         cfg = compose("train", overrides=overrides)
     metrics = run(cfg)
     return {"ms_per_epoch": metrics["ms_per_epoch"], "test_acc": metrics["test/acc"]}
+
+
+def stacked(model: str, dataset: str, epochs: int, size: int, out_dir: Path) -> dict[str, float]:
+    """(e): ``size`` members (seeds 0..size-1) of (c)'s config as one stack, fixed epochs;
+    ms per member-epoch of the epoch loop (set-up not counted, as for (a)–(d))."""
+    overrides = [
+        f"model={model}",
+        f"data={dataset}",
+        f"paths.output_dir={out_dir}",
+        f"trainer.max_epochs={epochs}",
+        "early_stopping.patience=0",
+        "callbacks=none",
+        "logger=none",
+        "data.verbose=false",
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfgs = [compose("train", overrides=[*overrides, f"seed={s}"]) for s in range(size)]
+    trainer = StackTrainer(cfgs)
+    trainer.fit()
+    accs = [r.metrics["test/acc"] for r in trainer.results()]
+    ms = 1000 * trainer.fit_seconds / trainer.epochs_run / size
+    return {"ms_per_epoch": ms, "test_acc": statistics.mean(accs)}
 
 
 def bare_loop(model: str, dataset: str, data: Any, epochs: int, seed: int) -> dict[str, float]:
@@ -219,6 +246,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, default=1, help="seeds for the accuracy runs")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument(
+        "--stack-sizes", nargs="*", type=int, default=[1, 10, 100], help="(e): members per stack"
+    )
     parser.add_argument("--out", default="bench.json")
     args = parser.parse_args(argv)
     quiet()
@@ -237,6 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         csr = dense.clone()
         csr.x = dense.x.to_sparse_csr()
         graphs[name] = {"article": dense, "pyg_csr": csr}
+    kinds = [*KINDS, *(f"stacked{n}" for n in args.stack_sizes)]
     runs: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         # seeds × reps, interleaved: each repetition runs every configuration once
@@ -244,10 +275,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             seed = rep % args.seeds
             for name in args.datasets:
                 for model in args.models:
-                    for kind in KINDS:
+                    for kind in kinds:
                         data = graphs[name]["article" if kind == "article" else "pyg_csr"]
                         out = Path(tmp) / f"{name}-{model}-{rep}"
-                        if kind == "ours":
+                        if kind.startswith("stacked"):
+                            size = int(kind.removeprefix("stacked"))
+                            fn = functools.partial(stacked, model, name, args.epochs, size, out)
+                        elif kind == "ours":
                             fn = functools.partial(ours, model, name, args.epochs, seed, out)
                         elif kind == "bare":
                             fn = functools.partial(bare_loop, model, name, data, args.epochs, seed)
@@ -264,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in args.datasets:
         for model in args.models:
             row: dict[str, Any] = {"dataset": name, "model": model}
-            for kind in KINDS:
+            for kind in kinds:
                 rs = runs[(name, model, kind)]
                 row[f"{kind}_ms"] = statistics.median(r["ms_per_epoch"] for r in rs[: args.reps])
                 row[f"{kind}_peak_mb"] = max(r["peak_mb"] for r in rs)
@@ -276,6 +310,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row["c_over_d"] = row["ours_ms"] / row["bare_ms"]
             rows.append(row)
     print_table(rows, args, device)
+    if args.stack_sizes:
+        print_stacked(rows, args.stack_sizes)
     result = {
         "device": str(device),
         "torch": torch.__version__,
@@ -310,6 +346,21 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, device: An
             f"{r['ours_ms']:10.1f}{r['a_over_c']:7.1f}{r['b_over_c']:7.1f}{r['bare_ms']:10.1f}"
             f"{r['c_over_d']:6.2f}{peak:>16s}{acc:>20s}"
         )
+
+
+def print_stacked(rows: list[dict[str, Any]], sizes: list[int]) -> None:
+    """(e): ms per member-epoch of stacks of each size, next to (c) and (d)."""
+    print("\n(e) stacked: ms per member-epoch (S members in one process); speed-up over (c)")
+    head = f"{'dataset':9s}{'model':7s}{'(c) ours':>10s}{'(d) bare':>10s}" + "".join(
+        f"{f'S={n}':>10s}{'c/S':>7s}" for n in sizes
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        cells = "".join(
+            f"{r[f'stacked{n}_ms']:10.3f}{r['ours_ms'] / r[f'stacked{n}_ms']:7.1f}" for n in sizes
+        )
+        print(f"{r['dataset']:9s}{r['model']:7s}{r['ours_ms']:10.2f}{r['bare_ms']:10.2f}{cells}")
 
 
 if __name__ == "__main__":

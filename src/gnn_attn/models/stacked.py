@@ -150,19 +150,39 @@ class StackedGCNConv(StackedLayer):
         super().__init__(layers, shared_input)
         self._adjacency: GraphCache[Tensor] = GraphCache()
 
-    def adjacency(self, edge_index: Tensor, n: int) -> Tensor:
-        def build() -> Tensor:
+    def adjacency(self, edge_index: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """The normalised adjacency and its transpose (CSR, ``[target, source]``)."""
+
+        def build() -> tuple[Tensor, Tensor]:
             ei, w = gcn_norm(edge_index, None, n, add_self_loops=True, dtype=torch.float32)
-            coo = torch.sparse_coo_tensor(ei.flip(0), w, (n, n)).coalesce()  # [target, source]
-            return coo.to_sparse_csr()
+            a = torch.sparse_coo_tensor(ei.flip(0), w, (n, n)).coalesce().to_sparse_csr()
+            at = torch.sparse_coo_tensor(ei, w, (n, n)).coalesce().to_sparse_csr()
+            return a, at
 
         return self._adjacency.get(edge_index, (n,), build)
 
     def forward(self, h: Tensor, edge_index: Tensor, p: float, num_dst: int | None) -> Tensor:
         z = project_members(h, self.weight(), p, self.training)
         n, s, f = z.shape
-        out = self.adjacency(edge_index, n) @ z.reshape(n, s * f)
+        out = Propagate.apply(*self.adjacency(edge_index, n), z.reshape(n, s * f))
         return out.view(n, s, f) + self.param("bias").unsqueeze(0)
+
+
+class Propagate(torch.autograd.Function):
+    r""":math:`\mathbf{A}\mathbf{Z}` for a constant CSR :math:`\mathbf{A}` with its
+    transpose given (the gradient is :math:`\mathbf{A}^\top\mathbf{G}`, no conversion of
+    formats on the way back: nothing syncs with the host, as a CUDA graph needs).
+
+    Shapes: ``a``, ``at`` :math:`(N, N)`, ``z`` :math:`(N, D)` → :math:`(N, D)`."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, at: Tensor, z: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.at = at
+        return a @ z
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor]:  # type: ignore[override]
+        return None, None, ctx.at @ grad.contiguous()
 
 
 class StackedGATConv(StackedLayer):

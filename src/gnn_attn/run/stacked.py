@@ -20,6 +20,7 @@ process: an interrupted one runs again), and the live progress bar.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import time
@@ -172,13 +173,16 @@ class StackTrainer:
     stack: :meth:`fit` then :meth:`results`. :meth:`run_epochs` is the host-sync-free
     block; :meth:`read_out` the host's look at it."""
 
-    def __init__(self, cfgs: list[DictConfig], readout_every: int = 50) -> None:
+    def __init__(
+        self, cfgs: list[DictConfig], readout_every: int = 50, cuda_graph: bool = True
+    ) -> None:
         quiet()
         base = cfgs[0]
         if base.data.get("loader", "full") != "full":
             raise NotStackable(f"data.loader={base.data.loader}: stacks train full batch only")
         self.cfgs, self.readout_every = cfgs, max(1, int(readout_every))
         self.device = pick_device(base)
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
         self.run_configs = [OmegaConf.to_container(c, resolve=True) for c in cfgs]
         self.datamodule = build_data(base, "fit")
         self.modules: list[NodeClassifier] = [
@@ -265,11 +269,22 @@ class StackTrainer:
 
     def fit(self, on_block: Callable[[int], None] | None = None) -> None:
         """Blocks of ``readout_every`` epochs until every member stopped or
-        ``trainer.max_epochs``."""
+        ``trainer.max_epochs``. On a GPU with ``cuda_graph``, the first block runs eagerly
+        (it builds the caches, gradients and optimizer state), then one epoch is captured
+        as a CUDA graph and each later block replays it; if the capture fails, one line
+        says why and the epochs run eagerly."""
         started = time.perf_counter()
+        graph = None
         while self.epochs_run < self.max_epochs:
             n = min(self.readout_every, self.max_epochs - self.epochs_run)
-            self.run_epochs(n)
+            if graph is None and self.cuda_graph and self.epochs_run > 0:
+                graph = self._capture()
+            if graph is not None:
+                for _ in range(n):
+                    graph.replay()
+            else:
+                with self._stream():
+                    self.run_epochs(n)
             start, self.epochs_run = self.epochs_run, self.epochs_run + n
             done = self.read_out(start, self.epochs_run)
             if on_block is not None:
@@ -279,6 +294,28 @@ class StackTrainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.fit_seconds = time.perf_counter() - started
+
+    def _stream(self) -> Any:
+        """Eager epochs on a side stream on a GPU (what a later capture needs)."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        self._side = getattr(self, "_side", None) or torch.cuda.Stream(self.device)
+        self._side.wait_stream(torch.cuda.current_stream(self.device))
+        return torch.cuda.stream(self._side)
+
+    def _capture(self) -> Any:
+        """One epoch captured as a CUDA graph, or ``None`` (eager from then on)."""
+        self.cuda_graph = False
+        torch.cuda.current_stream(self.device).wait_stream(self._side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.run_epochs(1)
+        except Exception as err:  # an op that syncs or cannot be captured
+            torch.cuda.synchronize()
+            print(f"  CUDA graph capture failed ({type(err).__name__}: {err}); eager epochs")
+            return None
+        return graph
 
     def results(self) -> list[MemberResult]:
         """Each member's selected weights, tested as a lone model, its history and

@@ -38,6 +38,7 @@ class StackedLauncherConf:
     _target_: str = "hydra_plugins.gnn_attn_stacked.stacked_launcher.StackedLauncher"
     readout_every: int = 50  # epochs between the host's read-outs of a stack's metrics
     max_members: int = 100  # larger groups are split into stacks of at most this many
+    cuda_graph: bool = True  # on a GPU: replay each epoch as a captured CUDA graph
 
 
 ConfigStore.instance().store(
@@ -51,9 +52,12 @@ def group_key(overrides: Sequence[str]) -> tuple[str, ...]:
 
 
 class StackedLauncher(Launcher):
-    def __init__(self, readout_every: int = 50, max_members: int = 100) -> None:
+    def __init__(
+        self, readout_every: int = 50, max_members: int = 100, cuda_graph: bool = True
+    ) -> None:
         super().__init__()
         self.readout_every, self.max_members = readout_every, max(1, int(max_members))
+        self.cuda_graph = cuda_graph
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -114,7 +118,7 @@ class StackedLauncher(Launcher):
             print(f"  one seed ({described}): runs as a lone job", flush=True)
             return [self._run(configs[0], self.task_function)]
         try:
-            trainer = StackTrainer(task_cfgs, self.readout_every)
+            trainer = StackTrainer(task_cfgs, self.readout_every, self.cuda_graph)
         except NotStackable as why:
             print(f"  not stacked ({why}): {len(configs)} jobs one by one", flush=True)
             return [self._run(c, self.task_function) for c in configs]
