@@ -399,6 +399,43 @@ def member_checkpoint(module: NodeClassifier, epoch: int) -> dict[str, Any]:
     }
 
 
+@dataclass
+class StackOutcome:
+    """What training a stack gave: each member's result, or why it could not stack."""
+
+    results: list[MemberResult] = field(default_factory=list)
+    not_stackable: str | None = None
+    summary: str = ""
+
+
+def train_members(
+    cfgs: list[DictConfig],
+    readout_every: int,
+    cuda_graph: bool,
+    threads: int | None,
+    announce: bool = False,
+) -> StackOutcome:
+    """Train ``cfgs`` (equal but for ``seed``) as one stack: the launcher's unit of work,
+    run in its process or in a worker (``threads``: torch threads there)."""
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        trainer = StackTrainer(cfgs, readout_every, cuda_graph)
+    except NotStackable as why:
+        return StackOutcome(not_stackable=str(why))
+    except UserError as err:  # every member fails the same way: each job records it
+        return StackOutcome([MemberResult(error=err) for _ in cfgs], summary=str(err))
+    if announce:
+        print(f"  training a stack of {len(cfgs)} on {trainer.device.type}", flush=True)
+    trainer.fit()
+    summary = (
+        f"{trainer.epochs_run} epochs in {trainer.fit_seconds:.1f} s on {trainer.device.type} "
+        f"({1000 * trainer.fit_seconds / trainer.epochs_run / len(cfgs):.2f} ms per "
+        "member-epoch)"
+    )
+    return StackOutcome(trainer.results(), summary=summary)
+
+
 def finish_member(cfg: DictConfig, result: MemberResult) -> dict[str, Any]:
     """Member ``cfg``'s job, inside its Hydra job (its dir and W&B names): raise its
     failure, or write what a lone run writes and return its metrics."""

@@ -11,8 +11,11 @@ as Hydra's basic launcher does.
 
 import copy
 import logging
+import multiprocessing
 import os
-from collections.abc import Sequence
+import signal
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +28,15 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from gnn_attn.analysis.jobs import INTERRUPTED_FILE
-from gnn_attn.errors import Interrupted, UserError
+from gnn_attn.errors import Interrupted
 from gnn_attn.run.entry import run_task
-from gnn_attn.run.stacked import MemberResult, NotStackable, StackTrainer, finish_member
+from gnn_attn.run.stacked import (
+    MemberResult,
+    StackOutcome,
+    finish_member,
+    pick_device,
+    train_members,
+)
 from gnn_attn.run.train import write_json
 
 log = logging.getLogger(__name__)
@@ -39,6 +48,7 @@ class StackedLauncherConf:
     readout_every: int = 50  # epochs between the host's read-outs of a stack's metrics
     max_members: int = 100  # larger groups are split into stacks of at most this many
     cuda_graph: bool = True  # on a GPU: replay each epoch as a captured CUDA graph
+    n_jobs: int = -1  # CPU: stacks trained at once in worker processes (-1: one per core)
 
 
 ConfigStore.instance().store(
@@ -46,18 +56,32 @@ ConfigStore.instance().store(
 )
 
 
+def _is_seed(override: str) -> bool:
+    return override.split("=", 1)[0].lstrip("+~") == "seed"
+
+
 def group_key(overrides: Sequence[str]) -> tuple[str, ...]:
     """A job's overrides without its seed: the jobs of one stack share it."""
-    return tuple(sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "seed"))
+    return tuple(sorted(o for o in overrides if not _is_seed(o)))
+
+
+def seed_of(overrides: Sequence[str]) -> str | None:
+    """The value of a job's ``seed=`` override, if any."""
+    found = [o.split("=", 1)[1] for o in overrides if _is_seed(o) and "=" in o]
+    return found[-1] if found else None
 
 
 class StackedLauncher(Launcher):
     def __init__(
-        self, readout_every: int = 50, max_members: int = 100, cuda_graph: bool = True
+        self,
+        readout_every: int = 50,
+        max_members: int = 100,
+        cuda_graph: bool = True,
+        n_jobs: int = -1,
     ) -> None:
         super().__init__()
         self.readout_every, self.max_members = readout_every, max(1, int(max_members))
-        self.cuda_graph = cuda_graph
+        self.cuda_graph, self.n_jobs = cuda_graph, n_jobs
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -82,22 +106,104 @@ class StackedLauncher(Launcher):
             for members in groups.values()
             for k in range(0, len(members), self.max_members)
         ]
-        print(f"stacked launcher: {len(job_overrides)} jobs in {len(stacks)} stacks", flush=True)
+        configs = {
+            tuple(members): self._stack_configs(
+                [job_overrides[i] for i in members], members, initial_job_idx
+            )
+            for members in stacks
+        }
+        lone = [m for m in configs if len(m) == 1]
+        stacked = [m for m in configs if len(m) > 1]
+        workers = self._workers(configs[stacked[0]][0] if stacked else None, len(stacked))
+        print(
+            f"stacked launcher: {len(job_overrides)} jobs in {len(stacks)} stacks"
+            + (f", {workers} at a time" if workers > 1 else ""),
+            flush=True,
+        )
         returns: dict[int, JobReturn] = {}
-        for members in stacks:
-            configs = [self._job_config(job_overrides[i], initial_job_idx + i) for i in members]
-            for i, ret in zip(members, self._launch_stack(configs), strict=True):
+        for members in lone:
+            described = " ".join(filter_overrides(configs[members][0].hydra.overrides.task))
+            print(f"  one seed ({described}): runs as a lone job", flush=True)
+            returns[members[0]] = self._run(configs[members][0], self._task())
+        task_cfgs = {m: [resolved_task_config(c) for c in configs[m]] for m in stacked}
+        for members, outcome in self._train(task_cfgs, workers):
+            for i, ret in zip(members, self._finish(configs[members], outcome), strict=True):
                 returns[i] = ret
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return [returns[i] for i in range(len(job_overrides))]
 
-    def _job_config(self, overrides: Sequence[str], idx: int) -> DictConfig:
+    def _task(self) -> TaskFunction:
+        assert self.task_function is not None
+        return self.task_function
+
+    def _workers(self, cfg: DictConfig | None, stacks: int) -> int:
+        """Stacks trained at once: one on a GPU; on the CPU ``n_jobs`` processes (-1: one
+        per core), each with cores // processes torch threads."""
+        if cfg is None or stacks < 2 or pick_device(cfg).type == "cuda":
+            return 1
+        cores = os.cpu_count() or 1
+        wanted = cores if self.n_jobs is None or self.n_jobs < 1 else int(self.n_jobs)
+        return max(1, min(wanted, stacks, cores))
+
+    def _train(
+        self, task_cfgs: dict[tuple[int, ...], list[DictConfig]], workers: int
+    ) -> Iterator[tuple[tuple[int, ...], StackOutcome]]:
+        """Each stack's outcome, in this process or in ``workers`` processes (in the order
+        they finish). An interrupt marks every unfinished member and ends the workers."""
+        pending = set(task_cfgs)
+        args = (self.readout_every, self.cuda_graph)
+        try:
+            if workers == 1:
+                for members, cfgs in task_cfgs.items():
+                    outcome = train_members(cfgs, *args, None, announce=True)
+                    pending.discard(members)
+                    yield members, outcome
+                return
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, context, initializer=_ignore_signals) as pool:
+                futures = {
+                    pool.submit(train_members, cfgs, *args, threads): members
+                    for members, cfgs in task_cfgs.items()
+                }
+                try:
+                    for future in as_completed(futures):
+                        members = futures[future]
+                        pending.discard(members)
+                        yield members, future.result()
+                except BaseException:
+                    for process in list(getattr(pool, "_processes", {}).values()):
+                        process.terminate()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+        except Interrupted as err:
+            for members in pending:
+                for cfg in task_cfgs[members]:
+                    mark_interrupted(Path(cfg.paths.output_dir), err)
+            raise Interrupted(
+                err.signum, "during a stack's training; run the sweep again"
+            ) from None
+
+    def _stack_configs(
+        self, overrides: list[Sequence[str]], members: list[int], initial_job_idx: int
+    ) -> list[DictConfig]:
+        """Each job's config, as Hydra's basic launcher makes it. The stack's jobs differ
+        only in ``seed``, so the first one is composed (~0.2 s) and the others are copies
+        with their seed, overrides and job number."""
         assert self.hydra_context is not None and self.config is not None
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(cfg):
-            cfg.hydra.job.id = idx
-            cfg.hydra.job.num = idx
-        return cfg
+        first = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides[0]))
+        configs = []
+        for job_overrides, i in zip(overrides, members, strict=True):
+            cfg = copy.deepcopy(first)
+            with open_dict(cfg), read_write(cfg):
+                seed = seed_of(job_overrides)
+                if seed is not None:
+                    cfg.seed = int(seed)
+                cfg.hydra.overrides.task = list(job_overrides)
+                cfg.hydra.job.id = initial_job_idx + i
+                cfg.hydra.job.num = initial_job_idx + i
+            configs.append(cfg)
+        return configs
 
     def _run(self, cfg: DictConfig, task: TaskFunction) -> JobReturn:
         assert self.hydra_context is not None
@@ -109,40 +215,25 @@ class StackedLauncher(Launcher):
             job_subdir_key="hydra.sweep.subdir",
         )
 
-    def _launch_stack(self, configs: list[DictConfig]) -> list[JobReturn]:
-        assert self.task_function is not None
-        task_cfgs = [resolved_task_config(c) for c in configs]
+    def _finish(self, configs: list[DictConfig], outcome: StackOutcome) -> list[JobReturn]:
+        """Each member's job (its dir, files, loggers), or the jobs one by one where the
+        stack could not be built."""
         described = " ".join(filter_overrides(group_key(configs[0].hydra.overrides.task)))
-        seeds = [c.seed for c in task_cfgs]
-        if len(configs) == 1:
-            print(f"  one seed ({described}): runs as a lone job", flush=True)
-            return [self._run(configs[0], self.task_function)]
-        try:
-            trainer = StackTrainer(task_cfgs, self.readout_every, self.cuda_graph)
-        except NotStackable as why:
-            print(f"  not stacked ({why}): {len(configs)} jobs one by one", flush=True)
-            return [self._run(c, self.task_function) for c in configs]
-        except UserError as err:  # every member fails the same way: each job records it
-            results = [MemberResult(error=err) for _ in configs]
-        else:
-            print(
-                f"  stack of {len(configs)} ({described}; seeds {_ranges(seeds)}) on "
-                f"{trainer.device.type}",
-                flush=True,
-            )
-            try:
-                trainer.fit()
-            except Interrupted as err:
-                for cfg in task_cfgs:
-                    mark_interrupted(Path(cfg.paths.output_dir), err)
-                raise Interrupted(
-                    err.signum, "during a stack's training; run the sweep again"
-                ) from None
-            results = trainer.results()
-        returns = []
-        for cfg, result in zip(configs, results, strict=True):
-            returns.append(self._run(cfg, lambda c, r=result: run_task(finish_member_task(r), c)))
-        return returns
+        if outcome.not_stackable:
+            print(f"  not stacked ({outcome.not_stackable}): {len(configs)} jobs one by one")
+            return [self._run(c, self._task()) for c in configs]
+        print(f"  stack of {len(configs)} ({described}; seeds "
+              f"{_ranges([c.seed for c in configs])}): {outcome.summary}", flush=True)  # fmt: skip
+        return [
+            self._run(cfg, lambda c, r=result: run_task(finish_member_task(r), c))
+            for cfg, result in zip(configs, outcome.results, strict=True)
+        ]
+
+
+def _ignore_signals() -> None:
+    """A worker leaves Ctrl-C and SIGTERM to the launcher, which ends it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def finish_member_task(result: MemberResult) -> Any:

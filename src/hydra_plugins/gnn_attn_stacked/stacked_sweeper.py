@@ -1,0 +1,38 @@
+"""``hydra/sweeper=stacked``: Hydra's basic sweeper (same ``params``, same job list),
+except that before launching it composes one job per stack, not every job.
+
+The basic sweeper composes every job's config before launching the batch (to catch
+errors early); at ~0.2 s a job that is 16 s of the 80-job paper table and minutes of the
+800-job 100-seed table. Jobs that differ only in ``seed`` compose alike, so one of them
+stands for its stack; the seeds themselves are checked as integers.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+
+from hydra_plugins.gnn_attn_stacked.stacked_launcher import group_key, seed_of
+
+
+@dataclass
+class StackedSweeperConf(BasicSweeperConf):
+    _target_: str = "hydra_plugins.gnn_attn_stacked.stacked_sweeper.StackedSweeper"
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="stacked", node=StackedSweeperConf, provider="gnn_attn"
+)
+
+
+class StackedSweeper(BasicSweeper):
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        first: dict[tuple[str, ...], Sequence[str]] = {}
+        for overrides in batch:
+            first.setdefault(group_key(overrides), overrides)
+            seed = seed_of(overrides)
+            if seed is not None and not seed.lstrip("-").isdigit():
+                raise HydraException(f"seed={seed}: a seed is an integer")
+        super().validate_batch_is_legal(list(first.values()))

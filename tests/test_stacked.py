@@ -1,0 +1,257 @@
+"""Stacked members (``hydra/launcher=stacked``): a member trains as the lone run of its
+seed, the stack reaches the accuracy of separate jobs, its epochs never wait on the
+host, every member's job writes what a lone job writes (``eval.py`` reproduces its
+test accuracy), the same sweep twice gives the same numbers, and what cannot stack says
+so in one line and runs one job at a time."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from gnn_attn.run.build import build_data_and_model
+from gnn_attn.run.stacked import HISTORY, MemberSelection, StackTrainer
+from gnn_attn.run.train import run
+from tests.conftest import CONF, read_metrics, run_cli, sweep_overrides
+
+NO_DROPOUT = {
+    "mlp": ["model.dropout=0"],
+    "gcn": ["model.dropout=0"],
+    "gat": ["model.dropout=0", "model.attn_dropout=0", "model.feat_dropout=0"],
+    "gatv2": ["model.dropout=0", "model.attn_dropout=0", "model.feat_dropout=0"],
+}
+
+
+def configs(tmp_path: Path, cache: Path, seeds: range, *overrides: str) -> list[DictConfig]:
+    """One composed train config per seed, each with its own output dir."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return [
+            compose(
+                "train",
+                overrides=[
+                    f"seed={s}",
+                    f"paths.output_dir={tmp_path / str(s)}",
+                    f"paths.cache_dir={cache}",
+                    "trainer=cpu",
+                    "logger=none",
+                    "callbacks=none",
+                    "data.verbose=false",
+                    "print_config=false",
+                    *overrides,
+                ],
+            )
+            for s in seeds
+        ]
+
+
+@pytest.mark.parametrize("model", list(NO_DROPOUT))
+def test_member_follows_the_lone_run_of_its_seed(tmp_path: Path, cache_dir: Path, model) -> None:
+    """Dropout off: after K steps, member s's logits and gradients are the lone run's."""
+    k = 4
+    cfgs = configs(tmp_path, cache_dir, range(3), f"model={model}", "data=cora",
+                   *NO_DROPOUT[model])  # fmt: skip
+    stack = StackTrainer(cfgs)
+    stack.run_epochs(k)
+    batch = stack.train_batch
+    logits = batch.logits(stack.net)
+    torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.y.view(-1, 1).expand(-1, 3),
+                                      reduction="none").mean(0).sum().backward()  # fmt: skip
+    for s, cfg in enumerate(cfgs):
+        datamodule, module = build_data_and_model(cfg, "fit")  # the lone run's start
+        opt = module.configure_optimizers()
+        lone_batch = next(iter(datamodule.train_dataloader()))
+        for step in range(k + 1):
+            module.train()
+            out = module(lone_batch)
+            out = out[: lone_batch.batch_size] if "batch_size" in lone_batch else out[
+                lone_batch.train_mask]  # fmt: skip
+            y = lone_batch.y[: out.size(0)] if "batch_size" in lone_batch else lone_batch.y[
+                lone_batch.train_mask]  # fmt: skip
+            opt.zero_grad()
+            F.cross_entropy(out, y).backward()
+            if step < k:
+                opt.step()
+        torch.testing.assert_close(logits[:, s].detach(), out.detach(), atol=1e-5, rtol=1e-5)
+        for i, layer in enumerate(stack.net.layers):
+            grads = layer.member_state(s, grad=True)
+            for name, p in module.net.layers[i].named_parameters():
+                torch.testing.assert_close(grads[name], p.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_stack_reaches_the_accuracy_of_separate_jobs(tmp_path: Path, cache_dir: Path) -> None:
+    """Dropout on, 10 seeds of GAT on Cora for 200 epochs: the stack's mean test accuracy
+    is within 1 point of the same 10 seeds trained as separate runs."""
+    common = ("model=gat", "data=cora", "trainer.max_epochs=200")
+    stack = StackTrainer(configs(tmp_path / "stack", cache_dir, range(10), *common))
+    stack.fit()
+    stacked = [r.metrics["test/acc"] for r in stack.results()]
+    separate = [
+        run(cfg)["test/acc"]
+        for cfg in configs(tmp_path / "lone", cache_dir, range(10), *common,
+                           "trainer.enable_progress_bar=false")  # fmt: skip
+    ]
+    print(f"stacked {statistics.mean(stacked):.4f}, separate {statistics.mean(separate):.4f}")
+    assert abs(statistics.mean(stacked) - statistics.mean(separate)) <= 0.01
+
+
+SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "nonzero")
+
+
+@contextmanager
+def counting_host_syncs() -> Iterator[list[str]]:
+    """Count the calls of tensor methods that read a value on the host (and so wait for
+    the device) made from gnn_attn's code."""
+    calls: list[str] = []
+    originals = {name: getattr(torch.Tensor, name) for name in SYNCS}
+
+    def wrap(name: str):
+        original = originals[name]
+
+        def counted(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if "gnn_attn" in caller:
+                calls.append(f"{name} from {Path(caller).name}")
+            return original(self, *args, **kwargs)
+
+        return counted
+
+    for name in SYNCS:
+        setattr(torch.Tensor, name, wrap(name))
+    try:
+        yield calls
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+
+
+@pytest.mark.parametrize("model", ["gat", "gcn"])
+def test_epochs_between_read_outs_never_read_the_device(
+    tmp_path: Path, cache_dir: Path, model: str
+) -> None:
+    stack = StackTrainer(configs(tmp_path, cache_dir, range(3), f"model={model}", "data=cora"))
+    stack.run_epochs(2)  # warm-up: caches are built once, outside the count
+    with counting_host_syncs() as calls:
+        stack.run_epochs(5)
+    assert calls == []
+    with counting_host_syncs() as calls:
+        stack.read_out(0, 7)
+    assert calls  # the counter sees the read-out's syncs
+
+
+def test_selection_follows_the_paper_rule() -> None:
+    """val/loss min and val/acc max, patience 2: select when both are at their best, reset
+    patience when either improves, stop after 2 validations without improvement."""
+    weights = torch.zeros(2, 3)
+    sel = MemberSelection({"val/loss": "min", "val/acc": "max"}, 2, [(weights, 0)])
+    loss_acc = [  # per epoch: member 0 (loss, acc), member 1 (loss, acc)
+        ((1.0, 0.5), (1.0, 0.5)),
+        ((0.9, 0.6), (1.1, 0.4)),
+        ((0.95, 0.6), (1.2, 0.3)),  # m0: acc tie counts, loss worse: no selection, reset
+        ((0.99, 0.5), (1.3, 0.2)),  # m1 stops here (2 without improvement)
+        ((0.99, 0.5), (0.1, 0.9)),  # m1 stopped: ignored
+        ((0.99, 0.5), (0.1, 0.9)),  # m0 stops here
+    ]
+    for epoch, members in enumerate(loss_acc):
+        metrics = torch.zeros(len(HISTORY), 2)
+        for s, (loss, acc) in enumerate(members):
+            metrics[HISTORY.index("val/loss"), s] = loss
+            metrics[HISTORY.index("val/acc"), s] = acc
+        weights += 1  # "training": the snapshot must hold the selected epoch's weights
+        sel.update(metrics, torch.tensor(epoch))
+    assert sel.best_epoch.tolist() == [1, 0]
+    assert sel.stop_epoch.tolist() == [5, 3]
+    assert sel.snapshot[0][:, 0].tolist() == [2.0, 1.0]
+
+
+def test_stacked_sweep_writes_every_job_and_repeats_exactly(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    def sweep(name: str) -> tuple[Path, str]:
+        proc = run_cli(
+            "train.py",
+            *sweep_overrides(tmp_path / name, cache_dir),
+            "hydra/launcher=stacked",
+            "model=gat,gcn",
+            "data=cora",
+            "seed=0,1,2",
+            "trainer.max_epochs=40",
+            "logger=csv",
+        )
+        return tmp_path / name, proc.stdout
+
+    first, out = sweep("a")
+    assert "6 jobs in 2 stacks" in out and "stack of 3" in out
+    second, _ = sweep("b")
+    volatile = {"fit_seconds", "ms_per_epoch", "run_seconds", "stack", "checkpoint", "output_dir"}
+    for job in range(6):
+        m1, m2 = read_metrics(first / str(job)), read_metrics(second / str(job))
+        assert {k: v for k, v in m1.items() if k not in volatile} == {
+            k: v for k, v in m2.items() if k not in volatile
+        }
+        assert m1["stack"]["members"] == 3
+        assert (first / str(job) / ".hydra" / "overrides.yaml").is_file()
+        rows = (first / str(job) / "csv" / "metrics.csv").read_text().splitlines()
+        assert len(rows) == m1["epochs"] + 1  # header + one row per epoch
+    assert len({read_metrics(first / str(j))["test/acc"] for j in range(3)}) > 1  # own seeds
+    job = first / "4"
+    evaluated = run_cli("eval.py", f"ckpt_path={job}/checkpoints/best.ckpt",
+                        f"hydra.run.dir={tmp_path / 'eval'}", "trainer=cpu")  # fmt: skip
+    assert "test/acc" in evaluated.stdout
+    again = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
+    assert again["test/acc"] == read_metrics(job)["test/acc"]
+    assert again["val/acc"] == read_metrics(job)["val/acc"]
+    # a stacked member's best.ckpt holds weights only: no resume from it
+    proc = run_cli("train.py", f"ckpt_path={job}/checkpoints/best.ckpt", "model=gcn",
+                   "data=cora", check=False)  # fmt: skip
+    assert proc.returncode == 2 and "weights only" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_what_cannot_stack_says_so_and_runs_alone(tmp_path: Path, cache_dir: Path) -> None:
+    proc = run_cli(
+        "train.py",
+        *sweep_overrides(tmp_path / "s", cache_dir),
+        "hydra/launcher=stacked",
+        "model=gat",
+        "data=cora",
+        "seed=0,1",
+        "trainer.max_epochs=3",
+        "data.loader=neighbor",
+        "data.num_neighbors=[5,5]",
+    )
+    assert "not stacked (data.loader=neighbor: stacks train full batch only)" in proc.stdout
+    assert all((tmp_path / "s" / str(j) / "metrics.json").is_file() for j in range(2))
+    proc = run_cli(
+        "train.py",
+        *sweep_overrides(tmp_path / "r", cache_dir),
+        "hydra/launcher=stacked",
+        "model=gat",
+        "model.residual=true",
+        "data=cora",
+        "seed=0,1",
+        "trainer.max_epochs=3",
+    )
+    assert "not stacked (GAT with residual=true does not stack)" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    proc = run_cli(
+        "train.py",
+        "hydra/launcher=stacked",
+        f"hydra.run.dir={tmp_path / 'one'}",
+        f"paths.cache_dir={cache_dir}",
+        "trainer=cpu",
+        "callbacks=none",
+        "trainer.max_epochs=3",
+        "data=cora",
+    )
+    assert "stacks the seeds of a sweep (-m); this one run trains alone" in proc.stdout
+    assert (tmp_path / "one" / "metrics.json").is_file()
