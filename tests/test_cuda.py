@@ -12,7 +12,8 @@ import torch
 from torch_geometric.nn import GATConv, GATv2Conv
 
 from gnn_attn.models.sparse import dropout, project_per_head
-from tests.conftest import read_metrics, run_cli, train_overrides
+from gnn_attn.run.stacked import StackTrainer
+from tests.conftest import read_metrics, run_cli, sweep_overrides, train_overrides
 from tests.models.pyg_reference import fused_layer, load_pyg
 from tests.models.test_fast_paths import BACKBONES, assert_same_gradients, random_graph
 
@@ -108,3 +109,39 @@ def test_per_head_input_dropout_on_cuda(version: str) -> None:
     ones = torch.ones(4000, 1, device=CUDA).to_sparse_csr()
     kept = project_per_head(ones, torch.ones(1, 4, 1, device=CUDA), 4, 0.5, True) != 0
     assert abs(float((kept[:, 0] & kept[:, 1]).float().mean()) - 0.25) < 0.03
+
+
+def test_stacked_epochs_replay_a_cuda_graph_with_no_host_sync(tmp_path, cache_dir) -> None:
+    """Dropout off, a stack of 3 GATs: the epochs replayed from a CUDA graph give the
+    eager epochs' history, and an epoch makes no synchronizing CUDA call."""
+    from tests.test_stacked import NO_DROPOUT, configs
+
+    def stack(graph: bool) -> StackTrainer:
+        cfgs = configs(tmp_path, cache_dir, range(3), "model=gat", "data=cora", "trainer=gpu",
+                       "trainer.max_epochs=120", *NO_DROPOUT["gat"])  # fmt: skip
+        trainer = StackTrainer(cfgs, readout_every=40, cuda_graph=graph)
+        trainer.fit()
+        return trainer
+
+    eager, graphed = stack(False), stack(True)
+    assert graphed.graphed and not eager.graphed
+    torch.testing.assert_close(graphed.history, eager.history, atol=2e-3, rtol=1e-3)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        eager.run_epochs(3)  # eager epochs: any synchronizing call raises
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+def test_stacked_sweep_on_gpu(tmp_path, cache_dir) -> None:
+    run_cli("train.py", *sweep_overrides(tmp_path / "s", cache_dir, trainer="gpu"),
+            "hydra/launcher=stacked", "model=gat,gcn", "data=cora", "seed=0,1,2",
+            "trainer.max_epochs=80")  # fmt: skip
+    for job in range(6):
+        metrics = read_metrics(tmp_path / "s" / str(job))
+        assert metrics["stack"]["device"].startswith("cuda")
+    job = tmp_path / "s" / "1"
+    run_cli("eval.py", f"ckpt_path={job}/checkpoints/best.ckpt",
+            f"hydra.run.dir={tmp_path / 'eval'}", "trainer=gpu")  # fmt: skip
+    again = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
+    assert again["test/acc"] == read_metrics(job)["test/acc"]

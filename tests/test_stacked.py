@@ -63,6 +63,7 @@ def test_member_follows_the_lone_run_of_its_seed(tmp_path: Path, cache_dir: Path
     stack = StackTrainer(cfgs)
     stack.run_epochs(k)
     batch = stack.train_batch
+    stack.optimizer.zero_grad()
     logits = batch.logits(stack.net)
     torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.y.view(-1, 1).expand(-1, 3),
                                       reduction="none").mean(0).sum().backward()  # fmt: skip
@@ -97,8 +98,9 @@ def test_stack_reaches_the_accuracy_of_separate_jobs(tmp_path: Path, cache_dir: 
     stacked = [r.metrics["test/acc"] for r in stack.results()]
     separate = [
         run(cfg)["test/acc"]
-        for cfg in configs(tmp_path / "lone", cache_dir, range(10), *common,
-                           "trainer.enable_progress_bar=false")  # fmt: skip
+        for cfg in configs(
+            tmp_path / "lone", cache_dir, range(10), *common, "trainer.enable_progress_bar=false"
+        )
     ]
     print(f"stacked {statistics.mean(stacked):.4f}, separate {statistics.mean(separate):.4f}")
     assert abs(statistics.mean(stacked) - statistics.mean(separate)) <= 0.01
@@ -156,10 +158,10 @@ def test_selection_follows_the_paper_rule() -> None:
     loss_acc = [  # per epoch: member 0 (loss, acc), member 1 (loss, acc)
         ((1.0, 0.5), (1.0, 0.5)),
         ((0.9, 0.6), (1.1, 0.4)),
-        ((0.95, 0.6), (1.2, 0.3)),  # m0: acc tie counts, loss worse: no selection, reset
-        ((0.99, 0.5), (1.3, 0.2)),  # m1 stops here (2 without improvement)
-        ((0.99, 0.5), (0.1, 0.9)),  # m1 stopped: ignored
+        ((0.95, 0.6), (1.2, 0.3)),  # m0: acc tie counts, loss worse: reset, no selection
+        ((0.99, 0.5), (0.1, 0.9)),  # m1 stopped at epoch 2 (2 without improvement): ignored
         ((0.99, 0.5), (0.1, 0.9)),  # m0 stops here
+        ((0.1, 0.9), (0.1, 0.9)),  # both stopped: ignored
     ]
     for epoch, members in enumerate(loss_acc):
         metrics = torch.zeros(len(HISTORY), 2)
@@ -169,7 +171,7 @@ def test_selection_follows_the_paper_rule() -> None:
         weights += 1  # "training": the snapshot must hold the selected epoch's weights
         sel.update(metrics, torch.tensor(epoch))
     assert sel.best_epoch.tolist() == [1, 0]
-    assert sel.stop_epoch.tolist() == [5, 3]
+    assert sel.stop_epoch.tolist() == [4, 2]
     assert sel.snapshot[0][:, 0].tolist() == [2.0, 1.0]
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from gnn_attn.models import GAT, GCN, MLP
-from gnn_attn.models.stacked import StackedNet, why_not_stackable
 from gnn_attn.models.stack import LayerStack
+from gnn_attn.models.stacked import StackedNet, why_not_stackable
 
 N, F, C = 60, 30, 4
 BACKBONES: dict[str, Callable[[], LayerStack]] = {
@@ -20,9 +20,16 @@ BACKBONES: dict[str, Callable[[], LayerStack]] = {
     "gat": lambda: GAT(F, C, 8, heads=3, dropout=0.0, attn_dropout=0.0, feat_dropout=0.0),
     "gatv2": lambda: GAT(F, C, 8, heads=3, version="v2", dropout=0.0, attn_dropout=0.0),
     "gat_3_layers_mean": lambda: GAT(
-        F, C, 8, num_layers=3, heads=[2, 4], concat=False, out_heads=2, dropout=0.0,
+        F,
+        C,
+        8,
+        num_layers=3,
+        heads=[2, 4],
+        concat=False,
+        out_heads=2,
+        dropout=0.0,
         attn_dropout=0.0,
-    ),  # fmt: skip
+    ),
 }
 
 

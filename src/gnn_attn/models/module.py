@@ -187,12 +187,7 @@ class NodeClassifier(L.LightningModule):
         total = torch.cat([sums, sums.new_tensor([n])])
         if self.trainer.world_size > 1:
             total = self.trainer.strategy.reduce(total.clone(), reduce_op="sum")
-        loss_sum, correct, count = total.tolist()
-        count = max(count, 1.0)
-        metrics = {
-            f"{stage}/loss": torch.tensor(loss_sum / count),
-            f"{stage}/acc": torch.tensor(correct / count),
-        }
+        metrics = _means(stage, *total.tolist())
         if self.trainer.state.fn != "fit":
             self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=1)
             return
@@ -213,8 +208,7 @@ class NodeClassifier(L.LightningModule):
             sums, n = self._sums.pop(stage)
         finally:
             self.train(was_training)
-        loss_sum, correct = sums.tolist()
-        return {f"{stage}/loss": loss_sum / max(n, 1), f"{stage}/acc": correct / max(n, 1)}
+        return {k: float(v) for k, v in _means(stage, *sums.tolist(), float(n)).items()}
 
     def _publish(self, metrics: dict[str, Tensor]) -> None:
         """One epoch's metrics to the callbacks and the loggers (see the class doc)."""
@@ -286,6 +280,15 @@ class NodeClassifier(L.LightningModule):
             name, keys, pos, has_gauss, cached = rng["numpy"]
             np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
             random.setstate(rng["python"])
+
+
+def _means(stage: str, loss_sum: float, correct: float, count: float) -> dict[str, Tensor]:
+    """An epoch's ``{stage}/loss`` and ``{stage}/acc`` from its sums (0-d tensors)."""
+    count = max(count, 1.0)
+    return {
+        f"{stage}/loss": torch.tensor(loss_sum / count),
+        f"{stage}/acc": torch.tensor(correct / count),
+    }
 
 
 def _numpy_state() -> tuple:

@@ -109,16 +109,17 @@ def backbone_class(cfg: DictConfig) -> Any:
         ) from err
 
 
-def build_data(cfg: DictConfig, stage: str) -> NodeDataModule:
+def build_data(cfg: DictConfig, stage: str, sweep: bool = False) -> NodeDataModule:
     """The data module of ``cfg.data``, set up for ``stage``. The features stay CSR only
-    for backbones (``model._target_``) that declare ``supports_csr``."""
+    for backbones (``model._target_``) that declare ``supports_csr``. In a sweep
+    (``sweep``, or Hydra's multirun) it prints no report."""
     net_class = backbone_class(cfg)
     data_kwargs = {}
     data_class = get_class(cfg.data._target_) if "_target_" in cfg.data else None
     takes_csr = getattr(net_class, "supports_csr", False)
     if not takes_csr and isinstance(data_class, type) and issubclass(data_class, NodeDataModule):
         data_kwargs["sparse_features"] = False
-    if is_multirun() and "verbose" in cfg.data:  # a sweep job: one start, one result line
+    if (sweep or is_multirun()) and "verbose" in cfg.data:  # a sweep job: one result line
         data_kwargs["verbose"] = False
     datamodule: NodeDataModule = build_node("data", cfg.data, **data_kwargs)
     try:

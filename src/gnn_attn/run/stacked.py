@@ -183,8 +183,9 @@ class StackTrainer:
         self.cfgs, self.readout_every = cfgs, max(1, int(readout_every))
         self.device = pick_device(base)
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        self.graphed = False  # whether the epochs replay a captured CUDA graph
         self.run_configs = [OmegaConf.to_container(c, resolve=True) for c in cfgs]
-        self.datamodule = build_data(base, "fit")
+        self.datamodule = build_data(base, "fit", sweep=True)
         self.modules: list[NodeClassifier] = [
             build_model(c, self.datamodule, rc)
             for c, rc in zip(cfgs, self.run_configs, strict=True)
@@ -315,6 +316,7 @@ class StackTrainer:
             torch.cuda.synchronize()
             print(f"  CUDA graph capture failed ({type(err).__name__}: {err}); eager epochs")
             return None
+        self.graphed = True
         return graph
 
     def results(self) -> list[MemberResult]:
@@ -429,7 +431,8 @@ def train_members(
         print(f"  training a stack of {len(cfgs)} on {trainer.device.type}", flush=True)
     trainer.fit()
     summary = (
-        f"{trainer.epochs_run} epochs in {trainer.fit_seconds:.1f} s on {trainer.device.type} "
+        f"{trainer.epochs_run} epochs in {trainer.fit_seconds:.1f} s on {trainer.device.type}"
+        f"{' (CUDA graph)' if trainer.graphed else ''} "
         f"({1000 * trainer.fit_seconds / trainer.epochs_run / len(cfgs):.2f} ms per "
         "member-epoch)"
     )
