@@ -135,20 +135,22 @@ class MemberSelection:
         self.snapshot = [p.detach().clone() for p in self.params]
 
     def update(self, metrics: Tensor, epoch: Tensor) -> None:
-        """``metrics`` :math:`(|HISTORY|, S)` of epoch ``epoch`` (a 0-d device tensor)."""
+        """``metrics`` :math:`(|HISTORY|, S)` of epoch ``epoch`` (a 0-d device tensor).
+        Every state tensor is updated in place (a CUDA graph replays into the same
+        memory)."""
         active = ~self.stopped
         signed = self.sign * metrics.index_select(0, self.rows)
         improved = (signed <= self.best) & active
         selected = improved.all(0)
-        self.best = torch.where(improved, signed, self.best)
-        self.best_epoch = torch.where(selected, epoch, self.best_epoch)
+        torch.where(improved, signed, self.best, out=self.best)
+        torch.where(selected, epoch, self.best_epoch, out=self.best_epoch)
         for snap, p, shape in zip(self.snapshot, self.params, self.masks, strict=True):
             torch.where(selected.view(shape), p.detach(), snap, out=snap)
-        self.wait = torch.where(improved.any(0), 0, self.wait + active.long())
+        self.wait.copy_(torch.where(improved.any(0), 0, self.wait + active.long()))
         if self.patience:
             ends = active & (self.wait >= self.patience)
-            self.stop_epoch = torch.where(ends, epoch, self.stop_epoch)
-            self.stopped = self.stopped | ends
+            torch.where(ends, epoch, self.stop_epoch, out=self.stop_epoch)
+            self.stopped |= ends
 
 
 @dataclass
