@@ -117,8 +117,8 @@ def test_stacked_epochs_replay_a_cuda_graph_with_no_host_sync(tmp_path, cache_di
     from tests.test_stacked import NO_DROPOUT, configs
 
     def stack(graph: bool) -> StackTrainer:
-        cfgs = configs(tmp_path, cache_dir, range(3), "model=gat", "data=cora", "trainer=gpu",
-                       "trainer.max_epochs=120", *NO_DROPOUT["gat"])  # fmt: skip
+        cfgs = configs(tmp_path, cache_dir, range(3), "model=gat", "data=cora",
+                       "trainer.max_epochs=120", *NO_DROPOUT["gat"], trainer="gpu")  # fmt: skip
         trainer = StackTrainer(cfgs, readout_every=40, cuda_graph=graph)
         trainer.fit()
         return trainer

@@ -32,7 +32,9 @@ NO_DROPOUT = {
 }
 
 
-def configs(tmp_path: Path, cache: Path, seeds: range, *overrides: str) -> list[DictConfig]:
+def configs(
+    tmp_path: Path, cache: Path, seeds: range, *overrides: str, trainer: str = "cpu"
+) -> list[DictConfig]:
     """One composed train config per seed, each with its own output dir."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return [
@@ -42,7 +44,7 @@ def configs(tmp_path: Path, cache: Path, seeds: range, *overrides: str) -> list[
                     f"seed={s}",
                     f"paths.output_dir={tmp_path / str(s)}",
                     f"paths.cache_dir={cache}",
-                    "trainer=cpu",
+                    f"trainer={trainer}",
                     "logger=none",
                     "callbacks=none",
                     "data.verbose=false",

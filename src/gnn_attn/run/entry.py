@@ -182,7 +182,8 @@ def check_command_line(argv: list[str], config_name: str) -> None:
 
 def probe_jobs(overrides: list[str]) -> list[list[str]]:
     """The overrides of a sweep's first job (each list/range sweep at its first value),
-    then one job per other value of every swept key; one job without sweeps."""
+    then one job per other value of every swept key but ``seed`` (checked as integers);
+    one job without sweeps."""
     parsed = OverridesParser.create().parse_overrides(overrides)
     fixed, values = [], []
     for o in parsed:
@@ -196,6 +197,11 @@ def probe_jobs(overrides: list[str]) -> list[list[str]]:
     first = [f"{k}={v[0]}" for k, v in values if v]
     jobs = [fixed + first]
     for i, (key, options) in enumerate(values):
+        if key == "seed":  # seeds compose alike: check they are integers, compose one
+            bad = [v for v in options if not str(v).lstrip("-").isdigit()]
+            if bad:
+                raise UserError(f"seed={bad[0]}: a seed is an integer; pass e.g. seed=0,1,2")
+            continue
         rest = [f for j, f in enumerate(first) if j != i]
         jobs += [fixed + rest + [f"{key}={v}"] for v in options[1:]]
     return jobs

@@ -222,8 +222,11 @@ class StackTrainer:
         settings = model_settings(OmegaConf.to_container(self.cfgs[0].model, resolve=True))
         make = self.modules[0].optimizer_class
         kwargs: dict[str, Any] = {"lr": settings.lr, "weight_decay": settings.weight_decay}
-        if "fused" in inspect.signature(make).parameters:
+        accepts = inspect.signature(make).parameters
+        if "fused" in accepts:
             kwargs["fused"] = True  # one kernel per tensor: the stacked tensors are large
+        if self.cuda_graph and "capturable" in accepts:
+            kwargs["capturable"] = True  # its step counter on the device: graph-safe
         named = list(self.net.named_parameters())
         if settings.weight_decay_on == "all":
             return make([p for _, p in named], **kwargs)
@@ -319,6 +322,7 @@ class StackTrainer:
             print(f"  CUDA graph capture failed ({type(err).__name__}: {err}); eager epochs")
             return None
         self.graphed = True
+        self.graph = graph
         return graph
 
     def results(self) -> list[MemberResult]:
