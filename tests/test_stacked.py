@@ -108,6 +108,31 @@ def test_stack_reaches_the_accuracy_of_separate_jobs(tmp_path: Path, cache_dir: 
     assert abs(statistics.mean(stacked) - statistics.mean(separate)) <= 0.01
 
 
+def test_stopped_members_leave_the_stack_without_changing_results(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """Dropout off, patience 10: members stop at different epochs; shrinking the stack
+    as they do gives every member the results of the stack that never shrinks."""
+    cfgs = configs(tmp_path, cache_dir, range(4), "model=gat", "data=cora",
+                   "trainer.max_epochs=150", "early_stopping.patience=10",
+                   *NO_DROPOUT["gat"])  # fmt: skip
+
+    def train(shrink: bool) -> tuple[StackTrainer, list]:
+        stack = StackTrainer(cfgs, readout_every=10, shrink=shrink)
+        stack.fit()
+        return stack, stack.results()
+
+    shrunk, ours = train(True)
+    full, theirs = train(False)
+    assert shrunk.done and shrunk.member_epochs < full.member_epochs
+    assert len({r.metrics["epochs"] for r in theirs}) > 1  # they stopped at different epochs
+    keys = ("best_epoch", "epochs", "val/acc", "test/acc")
+    for a, b in zip(ours, theirs, strict=True):
+        assert {k: a.metrics[k] for k in keys} == {k: b.metrics[k] for k in keys}
+        assert a.history == b.history
+        torch.testing.assert_close(a.checkpoint["state_dict"], b.checkpoint["state_dict"])
+
+
 SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "nonzero")
 
 
