@@ -112,7 +112,8 @@ def test_stopped_members_leave_the_stack_without_changing_results(
     tmp_path: Path, cache_dir: Path
 ) -> None:
     """Dropout off, patience 10: members stop at different epochs; shrinking the stack
-    as they do gives every member the results of the stack that never shrinks."""
+    as they do gives every member the selection and accuracy of the stack that never
+    shrinks (losses to float precision: reductions over fewer members round apart)."""
     cfgs = configs(tmp_path, cache_dir, range(4), "model=gat", "data=cora",
                    "trainer.max_epochs=150", "early_stopping.patience=10",
                    *NO_DROPOUT["gat"])  # fmt: skip
@@ -129,7 +130,8 @@ def test_stopped_members_leave_the_stack_without_changing_results(
     keys = ("best_epoch", "epochs", "val/acc", "test/acc")
     for a, b in zip(ours, theirs, strict=True):
         assert {k: a.metrics[k] for k in keys} == {k: b.metrics[k] for k in keys}
-        assert a.history == b.history
+        values = [[r[k] for k in HISTORY] for r in a.history]
+        torch.testing.assert_close(values, [[r[k] for k in HISTORY] for r in b.history])
         torch.testing.assert_close(a.checkpoint["state_dict"], b.checkpoint["state_dict"])
 
 

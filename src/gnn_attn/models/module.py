@@ -48,6 +48,22 @@ def accepts(fn: Any, name: str) -> bool:
         return False
 
 
+def decay_groups(net: nn.Module, scope: str) -> list[dict[str, Any]]:
+    """``net``'s parameters as optimizer groups for an L2 penalty on ``scope``: ``all``
+    (one group), ``weights`` (not biases) or ``first_layer`` (``net.first_layer``'s); the
+    other parameters get ``weight_decay`` 0."""
+    params = list(net.named_parameters())
+    if scope == "all":
+        return [{"params": [p for _, p in params]}]
+    if scope == "weights":
+        decay = [p for n, p in params if not n.endswith("bias")]
+    else:
+        decay = list(net.first_layer.parameters())
+    ids = {id(p) for p in decay}
+    rest = [p for _, p in params if id(p) not in ids]
+    return [{"params": decay}, {"params": rest, "weight_decay": 0.0}]
+
+
 class NodeClassifier(L.LightningModule):
     r"""Cross-entropy node classification with any backbone.
 
@@ -247,18 +263,8 @@ class NodeClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
-        make = self.optimizer_class
-        if hp.weight_decay_on == "all":
-            return make(self.net.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        params = list(self.net.named_parameters())
-        if hp.weight_decay_on == "weights":
-            decay = [p for n, p in params if not n.endswith("bias")]
-        else:
-            decay = list(self.net.first_layer.parameters())
-        ids = {id(p) for p in decay}
-        rest = [p for _, p in params if id(p) not in ids]
-        groups = [{"params": decay}, {"params": rest, "weight_decay": 0.0}]
-        return make(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        groups = decay_groups(self.net, hp.weight_decay_on)
+        return self.optimizer_class(groups, lr=hp.lr, weight_decay=hp.weight_decay)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["val_acc_best"] = self.val_acc_best

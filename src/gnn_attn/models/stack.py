@@ -147,10 +147,7 @@ class LayerStack(nn.Module):
         for i in range(upto):
             n_out = None
             if hops is not None and self.trims:
-                nodes, edges = hops
-                reach = min(len(edges), n_layers - 1 - i)
-                n_out = sum(nodes[: reach + 1])
-                edge_index = edge_index[:, : sum(edges[: reach + 1])]
+                n_out, edge_index = trim(hops, i, n_layers, edge_index)
             layer = self.layers[i]
             x = self._input(i, h)
             kwargs: dict[str, Any] = {}
@@ -201,6 +198,15 @@ class LayerStack(nn.Module):
     @property
     def first_layer(self) -> nn.Module:
         return self.layers[0]
+
+
+def trim(hops: Hops, i: int, n_layers: int, edge_index: Tensor) -> tuple[int, Tensor]:
+    r"""What layer ``i`` of ``n_layers`` computes on a seeds-first batch (``hops`` = its
+    nodes and edges per hop): the nodes within :math:`r = \min(H, L-1-i)` hops of the
+    seeds (their count) and the edges of hops :math:`1..r+1` (a prefix of ``edge_index``)."""
+    nodes, edges = hops
+    reach = min(len(edges), n_layers - 1 - i)
+    return sum(nodes[: reach + 1]), edge_index[:, : sum(edges[: reach + 1])]
 
 
 def check_probability(**values: float) -> None:

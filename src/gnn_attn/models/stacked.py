@@ -45,7 +45,7 @@ from gnn_attn.models.cache import GraphCache
 from gnn_attn.models.gat_conv import FusedAttentionConv, FusedGATv2Conv
 from gnn_attn.models.gcn import CachedGCNConv
 from gnn_attn.models.sparse import SparseLinear, dropout, project_per_head
-from gnn_attn.models.stack import Hops, LayerStack
+from gnn_attn.models.stack import Hops, LayerStack, trim
 
 
 def project_members(h: Tensor, weight: Tensor, p: float, training: bool) -> Tensor:
@@ -108,12 +108,26 @@ class StackedLayer(nn.Module):
         """The projection weight, :math:`(F, S, P)` or :math:`(S, F, P)` (see above)."""
         return self.param(self.weight_name)
 
-    def member_state(self, s: int, grad: bool = False) -> dict[str, Tensor]:
-        """Member ``s``'s parameters (``grad``: their gradients) under the lone layer's
-        names and shapes."""
+    def select(self, index: Tensor) -> None:
+        """Keep the members at ``index`` (new parameters, in that order)."""
+        for name, (p, axis) in zip(self.names, self.member_axes(), strict=True):
+            kept = p.detach().index_select(axis, index).contiguous()
+            self.stacked[_key(name)] = nn.Parameter(kept)
+        self.members = int(index.numel())
+
+    def member_state(
+        self, s: int, grad: bool = False, values: dict[int, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """Member ``s``'s parameters under the lone layer's names and shapes; ``grad``:
+        their gradients; ``values``: tensors shaped as the parameters, by ``id`` of the
+        parameter (a snapshot of them)."""
         state = {}
         for name in self.names:
-            value = self.param(name).grad if grad else self.param(name)
+            value = self.param(name)
+            if grad:
+                value = value.grad
+            elif values is not None:
+                value = values[id(value)]
             if name == self.weight_name:
                 value = value.select(self.weight_dim, s)
                 state[name] = value.t() if self.weight_transposed else value
@@ -292,10 +306,7 @@ class StackedNet(nn.Module):
         for i, layer in enumerate(self.layers):
             n_out = None
             if hops is not None and self.trims:
-                nodes, edges = hops
-                reach = min(len(edges), n_layers - 1 - i)
-                n_out = sum(nodes[: reach + 1])
-                edge_index = edge_index[:, : sum(edges[: reach + 1])]
+                n_out, edge_index = trim(hops, i, n_layers, edge_index)
             if i == 0:  # the shared input: each member's mask is drawn in the projection
                 out = layer(h, edge_index, self.dropout, n_out)
             else:
@@ -305,13 +316,22 @@ class StackedNet(nn.Module):
                 h = self.act(h)
         return h
 
-    def member_state_dict(self, s: int) -> dict[str, Any]:
-        """Member ``s`` as a state dict of the lone backbone (buffers from the first member)."""
+    def member_state_dict(self, s: int, values: dict[int, Tensor] | None = None) -> dict[str, Any]:
+        """Member ``s`` as a state dict of the lone backbone (buffers from the first
+        member), on the CPU; ``values``: tensors to read instead of the parameters, by
+        ``id`` of the parameter (see :meth:`StackedLayer.member_state`)."""
         state = dict(self._template)
         for prefix, layer in zip(self._prefixes, self.layers, strict=True):
-            for name, value in layer.member_state(s).items():
-                state[prefix + name] = value.detach().clone()
+            for name, value in layer.member_state(s, values=values).items():
+                state[prefix + name] = value.detach().cpu().clone()
         return state
+
+    def select(self, index: Tensor) -> None:
+        """Keep the members at positions ``index`` (a 1-d device tensor), in that order:
+        every parameter is replaced by a smaller one."""
+        for layer in self.layers:
+            layer.select(index)
+        self.members = int(index.numel())
 
     def member_axes(self) -> list[tuple[Tensor, int]]:
         """Every parameter with the position of its member axis."""

@@ -24,7 +24,6 @@ import contextlib
 import inspect
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,6 +38,7 @@ from gnn_attn.callbacks.selection import save_atomically
 from gnn_attn.console import quiet
 from gnn_attn.errors import TrainingDiverged, UserError
 from gnn_attn.models import NodeClassifier, count_parameters
+from gnn_attn.models.module import decay_groups
 from gnn_attn.models.stacked import StackedNet, why_not_stackable
 from gnn_attn.run.build import build_data, build_loggers, build_model, model_settings
 from gnn_attn.run.train import publish, write_json
@@ -111,6 +111,7 @@ class MemberSelection:
     def __init__(
         self, monitors: dict[str, str], patience: int, params: list[tuple[Tensor, int]]
     ) -> None:
+        self.monitors = monitors
         unknown = [m for m in monitors if m not in HISTORY]
         if unknown:
             raise UserError(
@@ -152,6 +153,29 @@ class MemberSelection:
             torch.where(ends, epoch, self.stop_epoch, out=self.stop_epoch)
             self.stopped |= ends
 
+    def select(self, index: Tensor, params: list[tuple[Tensor, int]]) -> MemberSelection:
+        """The state of the members at ``index``, for a stack whose parameters are now
+        ``params`` (the same order and member axes, fewer members)."""
+        kept = MemberSelection(self.monitors, self.patience, params)
+        kept.best = self.best.index_select(1, index)
+        for name in ("wait", "best_epoch", "stop_epoch", "stopped"):
+            setattr(kept, name, getattr(self, name).index_select(0, index))
+        kept.snapshot = [
+            snap.index_select(axis, index)
+            for snap, (_, axis) in zip(self.snapshot, params, strict=True)
+        ]
+        return kept
+
+
+class Finished(NamedTuple):
+    """A member that left the stack: its selected weights (a lone state dict), best and
+    stop epochs, and its history :math:`(\text{epochs}, |HISTORY|)`."""
+
+    state: dict[str, Any]
+    best_epoch: int
+    stop_epoch: int
+    history: Tensor
+
 
 @dataclass
 class MemberResult:
@@ -176,7 +200,11 @@ class StackTrainer:
     block; :meth:`read_out` the host's look at it."""
 
     def __init__(
-        self, cfgs: list[DictConfig], readout_every: int = 50, cuda_graph: bool = True
+        self,
+        cfgs: list[DictConfig],
+        readout_every: int = 50,
+        cuda_graph: bool = True,
+        shrink: bool = True,
     ) -> None:
         quiet()
         base = cfgs[0]
@@ -213,8 +241,12 @@ class StackTrainer:
         self.history = torch.zeros(self.max_epochs, len(HISTORY), s, device=self.device)
         self.epoch = torch.zeros((), dtype=torch.long, device=self.device)
         self.epochs_run = 0
+        self.member_epochs = 0  # epochs trained, summed over the members in the stack
         self.fit_seconds = 0.0
         self.failed: dict[int, TrainingDiverged] = {}
+        self.shrink = shrink
+        self.members = list(range(s))  # the member (index into cfgs) at each position
+        self.done: dict[int, Finished] = {}  # members that left the stack
 
     def _optimizer(self) -> torch.optim.Optimizer:
         """The model config's optimizer on the stacked parameters, with the lone run's
@@ -227,16 +259,7 @@ class StackTrainer:
             kwargs["fused"] = True  # one kernel per tensor: the stacked tensors are large
         if self.cuda_graph and "capturable" in accepts:
             kwargs["capturable"] = True  # its step counter on the device: graph-safe
-        named = list(self.net.named_parameters())
-        if settings.weight_decay_on == "all":
-            return make([p for _, p in named], **kwargs)
-        if settings.weight_decay_on == "weights":
-            decay = [p for n, p in named if not n.endswith("bias")]
-        else:
-            decay = list(self.net.first_layer.parameters())
-        ids = {id(p) for p in decay}
-        rest = [p for _, p in named if id(p) not in ids]
-        return make([{"params": decay}, {"params": rest, "weight_decay": 0.0}], **kwargs)
+        return make(decay_groups(self.net, settings.weight_decay_on), **kwargs)
 
     def run_epochs(self, n: int) -> None:
         """``n`` epochs with no host sync: training step, validation forward, metrics
@@ -263,9 +286,9 @@ class StackTrainer:
         losses = self.history[start:end, 0].cpu()
         for s in range(losses.size(1)):
             bad = (~torch.isfinite(losses[:, s])).nonzero()
-            if s not in self.failed and bad.numel():
+            if self.members[s] not in self.failed and bad.numel():
                 epoch = start + int(bad[0])
-                self.failed[s] = TrainingDiverged(
+                self.failed[self.members[s]] = TrainingDiverged(
                     f"training diverged: train/loss is {float(losses[int(bad[0]), s])} at "
                     f"epoch {epoch}; the learning rate is likely too high: lower model.lr"
                 )
@@ -273,17 +296,19 @@ class StackTrainer:
                 self.selection.stop_epoch[s] = epoch
         return bool(self.selection.stopped.all())
 
-    def fit(self, on_block: Callable[[int], None] | None = None) -> None:
+    def fit(self) -> None:
         """Blocks of ``readout_every`` epochs until every member stopped or
-        ``trainer.max_epochs``. On a GPU with ``cuda_graph``, the first block runs eagerly
-        (it builds the caches, gradients and optimizer state), then one epoch is captured
-        as a CUDA graph and each later block replays it; if the capture fails, one line
-        says why and the epochs run eagerly."""
+        ``trainer.max_epochs``. After a read-out where at least a quarter of the stack has
+        stopped, the stopped members leave it (:meth:`_shrink`): the rest train on in a
+        smaller stack. On a GPU with ``cuda_graph``, the first block (and the first after
+        a shrink) runs eagerly — it builds the caches, gradients and optimizer state — then
+        one epoch is captured as a CUDA graph and the later blocks replay it; if a capture
+        fails, one line says why and the epochs run eagerly."""
         started = time.perf_counter()
-        graph = None
+        graph, eager_blocks = None, 0
         while self.epochs_run < self.max_epochs:
             n = min(self.readout_every, self.max_epochs - self.epochs_run)
-            if graph is None and self.cuda_graph and self.epochs_run > 0:
+            if graph is None and self.cuda_graph and eager_blocks > 0:
                 graph = self._capture()
             if graph is not None:
                 for _ in range(n):
@@ -291,15 +316,57 @@ class StackTrainer:
             else:
                 with self._stream():
                     self.run_epochs(n)
+                eager_blocks += 1
+            self.member_epochs += n * len(self.members)
             start, self.epochs_run = self.epochs_run, self.epochs_run + n
-            done = self.read_out(start, self.epochs_run)
-            if on_block is not None:
-                on_block(self.epochs_run)
-            if done:
+            if self.read_out(start, self.epochs_run):
                 break
+            if self.shrink and self._shrink():
+                graph, eager_blocks = None, 0  # the graph holds the old tensors
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.fit_seconds = time.perf_counter() - started
+
+    def _finished(self, pos: int) -> Finished:
+        """The member at position ``pos``: its snapshot as a lone state dict, its epochs
+        and history so far (on the host)."""
+        sel = self.selection
+        values = {id(p): snap for p, snap in zip(sel.params, sel.snapshot, strict=True)}
+        return Finished(
+            self.net.member_state_dict(pos, values),
+            int(sel.best_epoch[pos]),
+            int(sel.stop_epoch[pos]),
+            self.history[: self.epochs_run, :, pos].cpu(),
+        )
+
+    def _shrink(self) -> bool:
+        """If at least a quarter of the stack has stopped: keep those members' records on
+        the host and go on with the others only (their parameters, optimizer state,
+        selection state and history selected along the member axis). Whether it did."""
+        stopped = self.selection.stopped.tolist()
+        keep = [pos for pos, done in enumerate(stopped) if not done]
+        if not keep or len(keep) > 3 * len(stopped) // 4:
+            return False
+        for pos, done in enumerate(stopped):
+            if done:
+                self.done[self.members[pos]] = self._finished(pos)
+        index = torch.tensor(keep, device=self.device)
+        old_axes, old_state = self.net.member_axes(), self.optimizer.state
+        self.net.select(index)
+        new_axes = self.net.member_axes()
+        self.optimizer = self._optimizer()
+        for (old, axis), (new, _) in zip(old_axes, new_axes, strict=True):
+            if old in old_state:  # Adam's moments are shaped as the parameter
+                self.optimizer.state[new] = {
+                    k: v.index_select(axis, index)
+                    if torch.is_tensor(v) and v.shape == old.shape
+                    else (v.clone() if torch.is_tensor(v) else v)
+                    for k, v in old_state[old].items()
+                }
+        self.selection = self.selection.select(index, new_axes)
+        self.history = self.history.index_select(2, index)
+        self.members = [self.members[pos] for pos in keep]
+        return True
 
     def _stream(self) -> Any:
         """Eager epochs on a side stream on a GPU (what a later capture needs)."""
@@ -311,7 +378,6 @@ class StackTrainer:
 
     def _capture(self) -> Any:
         """One epoch captured as a CUDA graph, or ``None`` (eager from then on)."""
-        self.cuda_graph = False
         torch.cuda.current_stream(self.device).wait_stream(self._side)
         graph = torch.cuda.CUDAGraph()
         try:
@@ -320,6 +386,7 @@ class StackTrainer:
         except Exception as err:  # an op that syncs or cannot be captured
             torch.cuda.synchronize()
             print(f"  CUDA graph capture failed ({type(err).__name__}: {err}); eager epochs")
+            self.cuda_graph = False
             return None
         self.graphed = True
         self.graph = graph
@@ -328,29 +395,25 @@ class StackTrainer:
     def results(self) -> list[MemberResult]:
         """Each member's selected weights, tested as a lone model, its history and
         checkpoint."""
-        with torch.no_grad():
-            for p, snap in zip(self.selection.params, self.selection.snapshot, strict=True):
-                p.copy_(snap)
-        best_epochs = self.selection.best_epoch.tolist()
-        stop_epochs = self.selection.stop_epoch.tolist()
-        history = self.history[: self.epochs_run].cpu()
         members = len(self.cfgs)
+        ms_per_epoch = 1000 * self.fit_seconds / max(self.member_epochs, 1)
         out = []
         for s, (cfg, module) in enumerate(zip(self.cfgs, self.modules, strict=True)):
             if s in self.failed:
                 out.append(MemberResult(error=self.failed[s]))
                 continue
-            epochs = stop_epochs[s] + 1 if stop_epochs[s] >= 0 else self.epochs_run
-            best = best_epochs[s]
+            record = self.done.get(s) or self._finished(self.members.index(s))
+            epochs = record.stop_epoch + 1 if record.stop_epoch >= 0 else self.epochs_run
+            best = record.best_epoch
             if best < 0:
                 out.append(MemberResult(error=UserError(
                     "training ran no validation epoch; set trainer.max_epochs ≥ 1")))  # fmt: skip
                 continue
-            module.net.load_state_dict(self.net.member_state_dict(s))
+            module.net.load_state_dict(record.state)
             module.to(self.device)
             val = module.score(self.val_batch.batch, "val")
             test = module.score(self.test_batch.batch, "test")
-            rows = _history_rows(history[:epochs, :, s])
+            rows = _history_rows(record.history[:epochs])
             module.val_acc_best = max(r["val/acc"] for r in rows)
             out_dir = Path(cfg.paths.output_dir)
             metrics = {
@@ -365,10 +428,11 @@ class StackTrainer:
                 "best_epoch": best,
                 "epochs": epochs,
                 "fit_seconds": round(self.fit_seconds / members, 4),
-                "ms_per_epoch": round(1000 * self.fit_seconds / members / self.epochs_run, 3),
+                "ms_per_epoch": round(ms_per_epoch, 3),
                 "stack": {
                     "members": members,
                     "epochs": self.epochs_run,
+                    "member_epochs": self.member_epochs,
                     "fit_seconds": round(self.fit_seconds, 4),
                     "device": str(self.device),
                     "readout_every": self.readout_every,
@@ -439,8 +503,7 @@ def train_members(
     summary = (
         f"{trainer.epochs_run} epochs in {trainer.fit_seconds:.1f} s on {trainer.device.type}"
         f"{' (CUDA graph)' if trainer.graphed else ''} "
-        f"({1000 * trainer.fit_seconds / trainer.epochs_run / len(cfgs):.2f} ms per "
-        "member-epoch)"
+        f"({1000 * trainer.fit_seconds / trainer.member_epochs:.2f} ms per member-epoch)"
     )
     return StackOutcome(trainer.results(), summary=summary)
 
