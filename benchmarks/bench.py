@@ -152,7 +152,7 @@ def stacked(model: str, dataset: str, epochs: int, size: int, out_dir: Path) -> 
     trainer = StackTrainer(cfgs)
     trainer.fit()
     accs = [r.metrics["test/acc"] for r in trainer.results()]
-    ms = 1000 * trainer.fit_seconds / trainer.epochs_run / size
+    ms = 1000 * trainer.fit_seconds / trainer.member_epochs
     return {"ms_per_epoch": ms, "test_acc": statistics.mean(accs)}
 
 

@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from gnn_attn.run.build import build_data_and_model
-from gnn_attn.run.stacked import HISTORY, MemberSelection, StackTrainer
+from gnn_attn.run.stacked import HISTORY, MemberSelection, NotStackable, StackTrainer
 from gnn_attn.run.train import run
 from tests.conftest import CONF, read_metrics, run_cli, sweep_overrides
 
@@ -233,6 +233,10 @@ def test_stacked_sweep_writes_every_job_and_repeats_exactly(
         assert (first / str(job) / ".hydra" / "overrides.yaml").is_file()
         rows = (first / str(job) / "csv" / "metrics.csv").read_text().splitlines()
         assert len(rows) == m1["epochs"] + 1  # header + one row per epoch
+        # val/acc_best as a lone run reports it: the best val/acc up to the selected epoch
+        col = rows[0].split(",").index("val/acc")
+        accs = [float(r.split(",")[col]) for r in rows[1 : m1["best_epoch"] + 2]]
+        assert m1["val/acc_best"] == pytest.approx(max(accs))
     assert len({read_metrics(first / str(j))["test/acc"] for j in range(3)}) > 1  # own seeds
     job = first / "4"
     evaluated = run_cli("eval.py", f"ckpt_path={job}/checkpoints/best.ckpt",
@@ -246,6 +250,24 @@ def test_stacked_sweep_writes_every_job_and_repeats_exactly(
                    "data=cora", check=False)  # fmt: skip
     assert proc.returncode == 2 and "weights only" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [
+        ("+trainer.gradient_clip_val=1.0", "gradient_clip_val"),
+        ("trainer.check_val_every_n_epoch=2", "validates every epoch"),
+        ("+model.optimizer=torch.optim.RMSprop", "only elementwise optimizers"),
+        ("model.impl=pyg", "impl=fused"),
+    ],
+)
+def test_settings_a_stack_would_not_honour_are_refused(
+    tmp_path: Path, cache_dir: Path, setting: str, reason: str
+) -> None:
+    extra = ["model.feat_dropout=0"] if "impl" in setting else []
+    cfgs = configs(tmp_path, cache_dir, range(2), "model=gat", "data=cora", setting, *extra)
+    with pytest.raises(NotStackable, match=reason):
+        StackTrainer(cfgs)
 
 
 def test_what_cannot_stack_says_so_and_runs_alone(tmp_path: Path, cache_dir: Path) -> None:

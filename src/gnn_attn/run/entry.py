@@ -53,7 +53,8 @@ def main(task: Task, config_name: str) -> None:
             sys.argv[1:] = resume_in_place(sys.argv[1:], config_name)
         check_command_line(sys.argv[1:], config_name)
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)
-    app(lambda cfg: run_task(task, cfg))()
+    with exits_cleanly():  # an interrupt raised by a launcher (outside any job)
+        app(lambda cfg: run_task(task, cfg))()
 
 
 def run_task(task: Task, cfg: DictConfig) -> Any:
@@ -197,7 +198,7 @@ def probe_jobs(overrides: list[str]) -> list[list[str]]:
     first = [f"{k}={v[0]}" for k, v in values if v]
     jobs = [fixed + first]
     for i, (key, options) in enumerate(values):
-        if key == "seed":  # seeds compose alike: check they are integers, compose one
+        if key.lstrip("+~") == "seed":  # seeds compose alike: check they are integers, compose one
             bad = [v for v in options if not str(v).lstrip("-").isdigit()]
             if bad:
                 raise UserError(f"seed={bad[0]}: a seed is an integer; pass e.g. seed=0,1,2")

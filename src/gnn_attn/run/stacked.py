@@ -24,6 +24,7 @@ import contextlib
 import inspect
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,18 +37,48 @@ from torch_geometric.data import Data
 
 from gnn_attn.callbacks.selection import save_atomically
 from gnn_attn.console import quiet
-from gnn_attn.errors import TrainingDiverged, UserError
+from gnn_attn.errors import TrainingDiverged, UserError, is_out_of_memory, out_of_memory_error
 from gnn_attn.models import NodeClassifier, count_parameters
 from gnn_attn.models.module import decay_groups
 from gnn_attn.models.stacked import StackedNet, why_not_stackable
-from gnn_attn.run.build import build_data, build_loggers, build_model, model_settings
-from gnn_attn.run.train import publish, write_json
+from gnn_attn.run.build import build_data, build_loggers, build_model, build_node, model_settings
+from gnn_attn.run.train import optimized_value, publish, write_json
 
 HISTORY = ("train/loss", "train/acc", "val/loss", "val/acc")
 
 
 class NotStackable(UserError):
     """The group cannot train as a stack; the launcher runs its jobs one by one."""
+
+
+ELEMENTWISE = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD")
+
+
+def check_stackable(cfg: DictConfig) -> None:
+    """:class:`NotStackable` naming a setting a stack would not honour as a lone run does
+    (or a :class:`UserError` for one no run can take)."""
+    trainer = cfg.trainer
+    if cfg.data.get("loader", "full") != "full":
+        raise NotStackable(f"data.loader={cfg.data.loader}: stacks train full batch only")
+    if cfg.get("ckpt_path"):
+        raise NotStackable("ckpt_path is set: a stack does not resume")
+    if trainer.get("check_val_every_n_epoch", 1) not in (None, 1):
+        raise NotStackable("trainer.check_val_every_n_epoch ≠ 1: a stack validates every epoch")
+    if trainer.get("gradient_clip_val"):
+        raise NotStackable("trainer.gradient_clip_val: clipping by norm would mix the members")
+    if str(trainer.get("precision") or 32) not in ("32", "32-true"):
+        raise NotStackable(f"trainer.precision={trainer.precision}: stacks train in float32")
+    optimizer = str(cfg.model.get("optimizer", "torch.optim.Adam"))
+    if optimizer not in ELEMENTWISE:
+        raise NotStackable(
+            f"model.optimizer={optimizer}: only elementwise optimizers stack "
+            f"({', '.join(o.rsplit('.', 1)[1] for o in ELEMENTWISE)})"
+        )
+    epochs = trainer.get("max_epochs")
+    if epochs is not None and epochs < 0:
+        raise NotStackable(f"trainer.max_epochs={epochs}: a stack needs a number of epochs")
+    if epochs == 0:
+        raise UserError("training ran no validation epoch; set trainer.max_epochs ≥ 1")
 
 
 class Scored(NamedTuple):
@@ -168,7 +199,7 @@ class MemberSelection:
 
 
 class Finished(NamedTuple):
-    """A member that left the stack: its selected weights (a lone state dict), best and
+    r"""A member that left the stack: its selected weights (a lone state dict), best and
     stop epochs, and its history :math:`(\text{epochs}, |HISTORY|)`."""
 
     state: dict[str, Any]
@@ -208,12 +239,13 @@ class StackTrainer:
     ) -> None:
         quiet()
         base = cfgs[0]
-        if base.data.get("loader", "full") != "full":
-            raise NotStackable(f"data.loader={base.data.loader}: stacks train full batch only")
+        check_stackable(base)
         self.cfgs, self.readout_every = cfgs, max(1, int(readout_every))
         self.device = pick_device(base)
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         self.graphed = False  # whether the epochs replay a captured CUDA graph
+        self.graph: Any = None  # the captured epoch
+        self._side: Any = None  # the side stream of eager epochs on a GPU
         self.run_configs = [OmegaConf.to_container(c, resolve=True) for c in cfgs]
         self.datamodule = build_data(base, "fit", sweep=True)
         self.modules: list[NodeClassifier] = [
@@ -230,12 +262,8 @@ class StackTrainer:
         )
         self.net = StackedNet([m.net for m in self.modules]).to(self.device)
         self.optimizer = self._optimizer()
-        selection = OmegaConf.to_container(base.early_stopping, resolve=True)
-        self.selection = MemberSelection(
-            selection.get("monitors") or {"val/loss": "min", "val/acc": "max"},
-            int(selection.get("patience", 100)),
-            self.net.member_axes(),
-        )
+        rule = build_node("early_stopping", base.early_stopping)  # checks its settings
+        self.selection = MemberSelection(rule.monitors, rule.patience, self.net.member_axes())
         self.max_epochs = int(base.trainer.get("max_epochs") or 1000)
         s = len(cfgs)
         self.history = torch.zeros(self.max_epochs, len(HISTORY), s, device=self.device)
@@ -284,8 +312,11 @@ class StackTrainer:
         """The host reads epochs ``start..end-1``: a member whose training loss is not
         finite fails (and stops); returns whether every member has stopped."""
         losses = self.history[start:end, 0].cpu()
+        stops = self.selection.stop_epoch.tolist()
         for s in range(losses.size(1)):
-            bad = (~torch.isfinite(losses[:, s])).nonzero()
+            # a stopped member's later epochs are not its run's (its weights train, unread)
+            last = end if stops[s] < 0 else min(end, stops[s] + 1)
+            bad = (~torch.isfinite(losses[: max(last - start, 0), s])).nonzero()
             if self.members[s] not in self.failed and bad.numel():
                 epoch = start + int(bad[0])
                 self.failed[self.members[s]] = TrainingDiverged(
@@ -321,7 +352,7 @@ class StackTrainer:
             start, self.epochs_run = self.epochs_run, self.epochs_run + n
             if self.read_out(start, self.epochs_run):
                 break
-            if self.shrink and self._shrink():
+            if self.shrink and self.epochs_run < self.max_epochs and self._shrink():
                 graph, eager_blocks = None, 0  # the graph holds the old tensors
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -368,17 +399,23 @@ class StackTrainer:
         self.members = [self.members[pos] for pos in keep]
         return True
 
-    def _stream(self) -> Any:
-        """Eager epochs on a side stream on a GPU (what a later capture needs)."""
+    @contextlib.contextmanager
+    def _stream(self) -> Iterator[None]:
+        """Eager epochs on a side stream on a GPU (what a later capture needs); the
+        default stream waits for them on the way out (the read-out comes next)."""
         if self.device.type != "cuda":
-            return contextlib.nullcontext()
-        self._side = getattr(self, "_side", None) or torch.cuda.Stream(self.device)
-        self._side.wait_stream(torch.cuda.current_stream(self.device))
-        return torch.cuda.stream(self._side)
+            yield
+            return
+        main = torch.cuda.current_stream(self.device)
+        self._side = self._side or torch.cuda.Stream(self.device)
+        self._side.wait_stream(main)
+        with torch.cuda.stream(self._side):
+            yield
+        main.wait_stream(self._side)
 
     def _capture(self) -> Any:
         """One epoch captured as a CUDA graph, or ``None`` (eager from then on)."""
-        torch.cuda.current_stream(self.device).wait_stream(self._side)
+        self.graph = None  # free the previous graph's memory first
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
@@ -414,7 +451,9 @@ class StackTrainer:
             val = module.score(self.val_batch.batch, "val")
             test = module.score(self.test_batch.batch, "test")
             rows = _history_rows(record.history[:epochs])
-            module.val_acc_best = max(r["val/acc"] for r in rows)
+            # as a lone run reports it: the best val/acc up to the selected epoch (what
+            # best.ckpt stores and eval restores)
+            module.val_acc_best = max(r["val/acc"] for r in rows[: best + 1])
             out_dir = Path(cfg.paths.output_dir)
             metrics = {
                 "dataset": self.datamodule.name,
@@ -499,18 +538,23 @@ def train_members(
         return StackOutcome([MemberResult(error=err) for _ in cfgs], summary=str(err))
     if announce:
         print(f"  training a stack of {len(cfgs)} on {trainer.device.type}", flush=True)
-    trainer.fit()
+    try:
+        trainer.fit()
+        results = trainer.results()
+    except Exception as err:  # e.g. out of memory: every member's job records it
+        failure = out_of_memory_error(err, "full") if is_out_of_memory(err) else err
+        return StackOutcome([MemberResult(error=failure) for _ in cfgs], summary=str(failure))
     summary = (
         f"{trainer.epochs_run} epochs in {trainer.fit_seconds:.1f} s on {trainer.device.type}"
         f"{' (CUDA graph)' if trainer.graphed else ''} "
         f"({1000 * trainer.fit_seconds / trainer.member_epochs:.2f} ms per member-epoch)"
     )
-    return StackOutcome(trainer.results(), summary=summary)
+    return StackOutcome(results, summary=summary)
 
 
-def finish_member(cfg: DictConfig, result: MemberResult) -> dict[str, Any]:
+def finish_member(cfg: DictConfig, result: MemberResult) -> float:
     """Member ``cfg``'s job, inside its Hydra job (its dir and W&B names): raise its
-    failure, or write what a lone run writes and return its metrics."""
+    failure, or write what a lone run writes and return ``cfg.optimized_metric``."""
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
@@ -527,4 +571,4 @@ def finish_member(cfg: DictConfig, result: MemberResult) -> dict[str, Any]:
             lg.log_metrics(row, step=row["epoch"])
         lg.finalize("success")
     publish(result.metrics, loggers, out_dir)
-    return result.metrics
+    return optimized_value(cfg, result.metrics)

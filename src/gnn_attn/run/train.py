@@ -111,8 +111,12 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def train(cfg: DictConfig) -> float:
     """The task of ``train.py``: :func:`run`, returning ``cfg.optimized_metric``."""
+    return optimized_value(cfg, run(cfg))
+
+
+def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float:
+    """``metrics[cfg.optimized_metric]``, what a sweeper optimises (a validation metric)."""
     key = cfg.get("optimized_metric") or "val/acc_best"
-    metrics = run(cfg)
     if key not in metrics:
         raise UserError(
             f"optimized_metric={key} is not a metric of the run; use one of "

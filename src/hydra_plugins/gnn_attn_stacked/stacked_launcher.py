@@ -10,6 +10,7 @@ as Hydra's basic launcher does.
 """
 
 import copy
+import io
 import logging
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
@@ -125,10 +127,21 @@ class StackedLauncher(Launcher):
             print(f"  one seed ({described}): runs as a lone job", flush=True)
             returns[members[0]] = self._run(configs[members][0], self._task())
         task_cfgs = {m: resolved_task_configs(configs[m]) for m in stacked}
-        for members, outcome in self._train(task_cfgs, workers):
-            for i, ret in zip(members, self._finish(configs[members], outcome), strict=True):
-                returns[i] = ret
-            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        pending = dict(task_cfgs)
+        try:
+            for members, outcome in self._train(task_cfgs, workers):
+                for i, ret in zip(members, self._finish(configs[members], outcome), strict=True):
+                    returns[i] = ret
+                del pending[members]
+                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        except (Interrupted, SystemExit) as err:  # SystemExit: a member's job was interrupted
+            signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+            for cfgs in pending.values():
+                for cfg in cfgs:
+                    mark_interrupted(Path(cfg.paths.output_dir), signal.Signals(signum).name)
+            if isinstance(err, SystemExit):
+                raise
+            raise Interrupted(signum, "during a stacked sweep; run the sweep again") from None
         return [returns[i] for i in range(len(job_overrides))]
 
     def _task(self) -> TaskFunction:
@@ -148,40 +161,34 @@ class StackedLauncher(Launcher):
         self, task_cfgs: dict[tuple[int, ...], list[DictConfig]], workers: int
     ) -> Iterator[tuple[tuple[int, ...], StackOutcome]]:
         """Each stack's outcome, in this process or in ``workers`` processes (in the order
-        they finish). An interrupt marks every unfinished member and ends the workers."""
-        pending = set(task_cfgs)
+        they finish); an exception here ends the workers. A worker that dies fails its
+        stack's jobs, not the sweep."""
         args = (self.readout_every, self.cuda_graph)
-        try:
-            if workers == 1:
-                for members, cfgs in task_cfgs.items():
-                    outcome = train_members(cfgs, *args, None, announce=True)
-                    pending.discard(members)
+        if workers == 1:
+            for members, cfgs in task_cfgs.items():
+                yield members, train_members(cfgs, *args, None, announce=True)
+            return
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, context, initializer=_ignore_signals) as pool:
+            futures = {
+                pool.submit(_train_in_worker, cfgs, *args, threads): members
+                for members, cfgs in task_cfgs.items()
+            }
+            try:
+                for future in as_completed(futures):
+                    members = futures[future]
+                    try:
+                        outcome = torch.load(io.BytesIO(future.result()), weights_only=False)
+                    except Exception as err:  # the worker died (killed, out of memory)
+                        failure = RuntimeError(f"the stack's worker process failed: {err!r}")
+                        outcome = StackOutcome([MemberResult(error=failure) for _ in members])
                     yield members, outcome
-                return
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, context, initializer=_ignore_signals) as pool:
-                futures = {
-                    pool.submit(train_members, cfgs, *args, threads): members
-                    for members, cfgs in task_cfgs.items()
-                }
-                try:
-                    for future in as_completed(futures):
-                        members = futures[future]
-                        pending.discard(members)
-                        yield members, future.result()
-                except BaseException:
-                    for process in list(getattr(pool, "_processes", {}).values()):
-                        process.terminate()
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-        except Interrupted as err:
-            for members in pending:
-                for cfg in task_cfgs[members]:
-                    mark_interrupted(Path(cfg.paths.output_dir), err)
-            raise Interrupted(
-                err.signum, "during a stack's training; run the sweep again"
-            ) from None
+            except BaseException:
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
 
     def _stack_configs(
         self, overrides: list[Sequence[str]], members: list[int], initial_job_idx: int
@@ -229,6 +236,17 @@ class StackedLauncher(Launcher):
         ]
 
 
+def _train_in_worker(
+    cfgs: list[DictConfig], readout_every: int, cuda_graph: bool, threads: int
+) -> bytes:
+    """:func:`train_members` in a worker, its outcome serialised by ``torch.save`` (a
+    pickled stack of tensors through the process pool would hold a file descriptor per
+    tensor until the parent reads it: thousands for a stack of 100)."""
+    buffer = io.BytesIO()
+    torch.save(train_members(cfgs, readout_every, cuda_graph, threads), buffer)
+    return buffer.getvalue()
+
+
 def _ignore_signals() -> None:
     """A worker leaves Ctrl-C and SIGTERM to the launcher, which ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -236,9 +254,8 @@ def _ignore_signals() -> None:
 
 
 def finish_member_task(result: MemberResult) -> Any:
-    def task(cfg: DictConfig) -> Any:
-        metrics = finish_member(cfg, result)
-        return metrics.get(cfg.get("optimized_metric") or "val/acc_best")
+    def task(cfg: DictConfig) -> float:
+        return finish_member(cfg, result)
 
     return task
 
@@ -262,11 +279,12 @@ def resolved_task_configs(configs: list[DictConfig]) -> list[DictConfig]:
     return out
 
 
-def mark_interrupted(out_dir: Path, err: Interrupted) -> None:
+def mark_interrupted(out_dir: Path, signal_name: str) -> None:
+    """A member's ``interrupted.json`` (the aggregator lists the job as interrupted)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(
         out_dir / INTERRUPTED_FILE,
-        {"signal": err.signal_name, "phase": "stacked training",
+        {"signal": signal_name, "phase": "stacked training",
          "resume": "a stack does not resume: run the sweep again"},
     )  # fmt: skip
 
