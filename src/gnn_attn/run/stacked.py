@@ -21,7 +21,6 @@ process: an interrupted one runs again), and the live progress bar.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import time
 from collections.abc import Iterator
@@ -39,9 +38,9 @@ from gnn_attn.callbacks.selection import save_atomically
 from gnn_attn.console import quiet
 from gnn_attn.errors import TrainingDiverged, UserError, is_out_of_memory, out_of_memory_error
 from gnn_attn.models import NodeClassifier, count_parameters
-from gnn_attn.models.module import decay_groups
+from gnn_attn.models.module import accepts, decay_groups
 from gnn_attn.models.stacked import StackedNet, why_not_stackable
-from gnn_attn.run.build import build_data, build_loggers, build_model, build_node, model_settings
+from gnn_attn.run.build import build_data, build_loggers, build_model, build_node
 from gnn_attn.run.train import optimized_value, publish, write_json
 
 HISTORY = ("train/loss", "train/acc", "val/loss", "val/acc")
@@ -279,15 +278,14 @@ class StackTrainer:
     def _optimizer(self) -> torch.optim.Optimizer:
         """The model config's optimizer on the stacked parameters, with the lone run's
         weight-decay scope (elementwise: each member's update is its lone update)."""
-        settings = model_settings(OmegaConf.to_container(self.cfgs[0].model, resolve=True))
+        hp = self.modules[0].hparams  # the lone run's optimizer settings
         make = self.modules[0].optimizer_class
-        kwargs: dict[str, Any] = {"lr": settings.lr, "weight_decay": settings.weight_decay}
-        accepts = inspect.signature(make).parameters
-        if "fused" in accepts:
+        kwargs: dict[str, Any] = {"lr": hp.lr, "weight_decay": hp.weight_decay}
+        if accepts(make, "fused"):
             kwargs["fused"] = True  # one kernel per tensor: the stacked tensors are large
-        if self.cuda_graph and "capturable" in accepts:
+        if self.cuda_graph and accepts(make, "capturable"):
             kwargs["capturable"] = True  # its step counter on the device: graph-safe
-        return make(decay_groups(self.net, settings.weight_decay_on), **kwargs)
+        return make(decay_groups(self.net, hp.weight_decay_on), **kwargs)
 
     def run_epochs(self, n: int) -> None:
         """``n`` epochs with no host sync: training step, validation forward, metrics
@@ -336,14 +334,14 @@ class StackTrainer:
         one epoch is captured as a CUDA graph and the later blocks replay it; if a capture
         fails, one line says why and the epochs run eagerly."""
         started = time.perf_counter()
-        graph, eager_blocks = None, 0
+        eager_blocks = 0
         while self.epochs_run < self.max_epochs:
             n = min(self.readout_every, self.max_epochs - self.epochs_run)
-            if graph is None and self.cuda_graph and eager_blocks > 0:
-                graph = self._capture()
-            if graph is not None:
+            if self.graph is None and self.cuda_graph and eager_blocks > 0:
+                self._capture()
+            if self.graph is not None:
                 for _ in range(n):
-                    graph.replay()
+                    self.graph.replay()
             else:
                 with self._stream():
                     self.run_epochs(n)
@@ -353,7 +351,7 @@ class StackTrainer:
             if self.read_out(start, self.epochs_run):
                 break
             if self.shrink and self.epochs_run < self.max_epochs and self._shrink():
-                graph, eager_blocks = None, 0  # the graph holds the old tensors
+                self.graph, eager_blocks = None, 0  # the graph holds the old tensors
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.fit_seconds = time.perf_counter() - started
@@ -413,9 +411,8 @@ class StackTrainer:
             yield
         main.wait_stream(self._side)
 
-    def _capture(self) -> Any:
-        """One epoch captured as a CUDA graph, or ``None`` (eager from then on)."""
-        self.graph = None  # free the previous graph's memory first
+    def _capture(self) -> None:
+        """One epoch captured as ``self.graph``; on failure eager epochs from then on."""
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
@@ -424,10 +421,9 @@ class StackTrainer:
             torch.cuda.synchronize()
             print(f"  CUDA graph capture failed ({type(err).__name__}: {err}); eager epochs")
             self.cuda_graph = False
-            return None
+            return
         self.graphed = True
         self.graph = graph
-        return graph
 
     def results(self) -> list[MemberResult]:
         """Each member's selected weights, tested as a lone model, its history and

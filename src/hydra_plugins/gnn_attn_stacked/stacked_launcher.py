@@ -138,7 +138,7 @@ class StackedLauncher(Launcher):
             signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
             for cfgs in pending.values():
                 for cfg in cfgs:
-                    mark_interrupted(Path(cfg.paths.output_dir), signal.Signals(signum).name)
+                    mark_stack_interrupted(Path(cfg.paths.output_dir), signal.Signals(signum).name)
             if isinstance(err, SystemExit):
                 raise
             raise Interrupted(signum, "during a stacked sweep; run the sweep again") from None
@@ -279,7 +279,7 @@ def resolved_task_configs(configs: list[DictConfig]) -> list[DictConfig]:
     return out
 
 
-def mark_interrupted(out_dir: Path, signal_name: str) -> None:
+def mark_stack_interrupted(out_dir: Path, signal_name: str) -> None:
     """A member's ``interrupted.json`` (the aggregator lists the job as interrupted)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(
