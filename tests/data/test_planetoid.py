@@ -59,7 +59,10 @@ def test_features_are_row_normalised(cache_dir: Path) -> None:
     nonzero = sums > 0
     assert torch.allclose(sums[nonzero], torch.ones(int(nonzero.sum())), atol=1e-5)
     raw = PlanetoidDataModule(
-        "cora", data_dir=str(DATA), cache_dir=str(cache_dir), normalize_features=False,
+        "cora",
+        data_dir=str(DATA),
+        cache_dir=str(cache_dir),
+        normalize_features=False,
         sparse_features=False,
     )
     raw.setup()

@@ -39,10 +39,12 @@ def test_karate_yaml_gives_a_seeded_disjoint_split(tmp_path: Path) -> None:
 
 def test_dataset_masks_are_used_and_missing_ones_named() -> None:
     g = KarateClub()[0]
-    with pytest.raises(ValueError, match="^split: KarateClub has no val_mask, test_mask"):
+    with pytest.raises(ValueError, match=r"^split: KarateClub has no val_mask, test_mask"):
         PyGDataModule(KarateClub(), verbose=False).setup()
     n = g.num_nodes
-    masks = {m: torch.zeros(n, 3, dtype=torch.bool) for m in ("train_mask", "val_mask", "test_mask")}
+    masks = {
+        m: torch.zeros(n, 3, dtype=torch.bool) for m in ("train_mask", "val_mask", "test_mask")
+    }
     for i, m in enumerate(masks):
         masks[m][i::3, 1] = True
     data = Data(x=g.x, edge_index=g.edge_index, y=g.y, **masks)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-
-from gnn_attn.data import PlanetoidDataModule
-from gnn_attn.data.sampler import NeighborBatches, NeighborSampler, gather_rows, receptive_field
 from torch_geometric.nn.models import GAT as PyGGAT
 from torch_geometric.nn.models import GraphSAGE
 
+from gnn_attn.data import PlanetoidDataModule
+from gnn_attn.data.sampler import NeighborBatches, NeighborSampler, gather_rows, receptive_field
 from gnn_attn.models import GAT, MLP
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "planetoid"
@@ -93,12 +94,13 @@ def test_ddp_shards_cover_the_seeds_once(cora) -> None:
 
     # evaluation: disjoint shares that together are the split, each seed once
     shares = [_seeds_of(shard(r, pad=False, shuffle=False)) for r in range(3)]
-    assert sorted(sum(shares, [])) == sorted(seeds.tolist())
+    assert sorted(functools.reduce(operator.iadd, shares, [])) == sorted(seeds.tolist())
     # training: same batch count on every rank (DDP steps together), all seeds covered
     loaders = [shard(r, pad=True, shuffle=True) for r in range(3)]
     assert len({len(list(iter(lo))) for lo in loaders}) == 1
     assert {len(lo) for lo in loaders} == {len(list(iter(loaders[0])))}
-    assert set(sum((_seeds_of(lo) for lo in loaders), [])) == set(seeds.tolist())
+    seen = functools.reduce(operator.iadd, (_seeds_of(lo) for lo in loaders), [])
+    assert set(seen) == set(seeds.tolist())
 
 
 @pytest.mark.parametrize(
@@ -152,7 +154,9 @@ def test_receptive_field_gives_the_whole_graph_loss_and_gradients(cora, version:
         torch.testing.assert_close(p_field.grad, p_whole.grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("make", [lambda f, c: GraphSAGE(f, 16, 2, c), lambda f, c: PyGGAT(f, 8, 2, c)])
+@pytest.mark.parametrize(
+    "make", [lambda f, c: GraphSAGE(f, 16, 2, c), lambda f, c: PyGGAT(f, 8, 2, c)]
+)
 def test_pyg_models_trim_our_batches_exactly(cora, make) -> None:
     """PyG's own models take the hop sizes the classifier passes (PyG's convention):
     on our sampled batches the seeds' logits are those of the untrimmed pass."""

@@ -10,7 +10,6 @@ from typing import Any
 import lightning as L
 import torch
 from torch_geometric.data import Data
-
 from torch_geometric.utils import degree
 
 from gnn_attn.data.sampler import NeighborBatches, NeighborSampler, receptive_field
@@ -128,8 +127,7 @@ class NodeDataModule(L.LightningDataModule):
         fanouts = list(num_neighbors)
         if not fanouts or any(int(k) == 0 or int(k) < -1 for k in fanouts):
             raise ValueError(
-                f"num_neighbors must list one fan-out ≥ 1 (or -1 = all) per layer "
-                f"(got {fanouts})"
+                f"num_neighbors must list one fan-out ≥ 1 (or -1 = all) per layer (got {fanouts})"
             )
         self.name = "graph"
         self.loader = loader
@@ -210,7 +208,9 @@ class NodeDataModule(L.LightningDataModule):
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
-    def _loader(self, stage: str) -> FullBatch | NeighborBatches:
+    def _loader(self, stage: str, training: bool | None = None) -> FullBatch | NeighborBatches:
+        """The batches of ``stage``; ``training`` (default: ``stage == "train"``) draws
+        the training fan-outs in shuffled batches, else evaluation fan-outs in order."""
         assert self.data is not None, "call setup() first"
         if self.loader == "full":
             if self._field_hops is None:
@@ -221,7 +221,7 @@ class NodeDataModule(L.LightningDataModule):
             return FullBatch(self._fields[stage])
         if self._sampler is None:
             self._sampler = NeighborSampler(self.data.edge_index, self.data.num_nodes)
-        train = stage == "train"
+        train = stage == "train" if training is None else training
         hops = len(self.num_neighbors)
         fanouts = self.num_neighbors if train else (self.eval_num_neighbors or [-1] * hops)
         rank, world = self._ranks()
@@ -239,6 +239,11 @@ class NodeDataModule(L.LightningDataModule):
             world_size=world,
             pad=train,
         )
+
+    def eval_dataloader(self, stage: str) -> FullBatch | NeighborBatches:
+        """The batches of ``stage`` as evaluation sees them (the training nodes' accuracy
+        of a selected checkpoint: evaluation fan-outs, no shuffle)."""
+        return self._loader(stage, training=False)
 
     def train_dataloader(self) -> FullBatch | NeighborBatches:
         return self._loader("train")

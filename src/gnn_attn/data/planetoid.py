@@ -89,8 +89,8 @@ class PlanetoidDataModule(NodeDataModule):
         download: let PyG download missing raw files (needs network access).
 
     Batches:
-        A :class:`torch_geometric.data.Data` with ``x`` :math:`(N, F)` (CSR or dense), ``edge_index``
-        :math:`(2, E)`, ``y`` :math:`(N,)` and boolean ``train_mask``, ``val_mask``,
+        A :class:`torch_geometric.data.Data` with ``x`` :math:`(N, F)` (CSR or dense),
+        ``edge_index`` :math:`(2, E)`, ``y`` :math:`(N,)` and boolean ``train_mask``, ``val_mask``,
         ``test_mask`` of shape :math:`(N,)`.
     """
 

@@ -73,6 +73,9 @@ class PyGDataModule(NodeDataModule):
                 data[m] = data[m][:, self.mask_index]
         if self.normalize_features:
             data = T.NormalizeFeatures()(data)
-        return Data(x=data.x.float(), edge_index=data.edge_index, y=data.y.view(-1), **{
-            m: data[m].bool() for m in MASKS
-        })
+        return Data(
+            x=data.x.float(),
+            edge_index=data.edge_index,
+            y=data.y.view(-1),
+            **{m: data[m].bool() for m in MASKS},
+        )

@@ -195,7 +195,11 @@ class NeighborBatches:
     def __len__(self) -> int:
         n = self.seeds.numel()
         if self.world_size > 1:
-            n = math.ceil(n / self.world_size) if self.pad else len(range(self.rank, n, self.world_size))
+            n = (
+                math.ceil(n / self.world_size)
+                if self.pad
+                else len(range(self.rank, n, self.world_size))
+            )
         return math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[Data]:

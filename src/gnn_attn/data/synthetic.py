@@ -3,10 +3,7 @@ class-dependent sparse bag-of-words features, generated once per setting and cac
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +12,7 @@ import torch
 from torch_geometric.data import Data
 
 from gnn_attn.data.base import NodeDataModule
-from gnn_attn.errors import UserError
+from gnn_attn.data.cache import cache_path, read_cache, write_cache
 
 FORMAT = 1  # bump when the generator changes, so that old cache files are not reused
 
@@ -59,7 +56,7 @@ def make_sbm(
     size = torch.bincount(y, minlength=c)
     start = torch.cumsum(size, 0) - size
 
-    m = int(round(n * avg_degree / 2))
+    m = round(n * avg_degree / 2)
     src = torch.randint(0, n, (m,), generator=g)
     same = torch.rand(m, generator=g) < homophily
     cls = torch.where(same, y[src], torch.randint(0, c, (m,), generator=g))
@@ -76,7 +73,9 @@ def make_sbm(
     k = words_per_node
     rows = torch.arange(n).repeat_interleave(k)
     from_topic = torch.rand(n * k, generator=g) < topic_share
-    topic_word = topics[y.repeat_interleave(k), torch.randint(0, topic_words, (n * k,), generator=g)]
+    topic_word = topics[
+        y.repeat_interleave(k), torch.randint(0, topic_words, (n * k,), generator=g)
+    ]
     any_word = torch.randint(0, num_features, (n * k,), generator=g)
     words = torch.where(from_topic, topic_word, any_word)
     cell, count = torch.unique(rows * num_features + words, return_counts=True)
@@ -86,7 +85,7 @@ def make_sbm(
     x = torch.sparse_csr_tensor(crow, col, count.float() / k, (n, num_features))
 
     order = torch.randperm(n, generator=g)
-    bounds = [int(round(f * n)) for f in split]
+    bounds = [round(f * n) for f in split]
     masks = []
     offset = 0
     for b in bounds:
@@ -143,9 +142,8 @@ class SyntheticDataModule(NodeDataModule):
 
     @property
     def cache_file(self) -> Path:
-        text = json.dumps({**self.params, "format": FORMAT}, sort_keys=True)
-        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-        return self.cache_dir / f"sbm-{_human(self.params['num_nodes'])}-{digest}.pt"
+        stem = f"sbm-{_human(self.params['num_nodes'])}"
+        return cache_path(self.cache_dir, stem, self.params, FORMAT)
 
     def prepare_data(self) -> None:
         """Generate and cache the graph once (rank 0 only under DDP)."""
@@ -153,7 +151,6 @@ class SyntheticDataModule(NodeDataModule):
             return
         started = time.perf_counter()
         data = make_sbm(**self.params)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         x = data.x
         payload = {
             "crow": x.crow_indices(),
@@ -162,23 +159,18 @@ class SyntheticDataModule(NodeDataModule):
             "shape": torch.tensor(x.shape),
             **{k: data[k] for k in ("edge_index", "y", "train_mask", "val_mask", "test_mask")},
         }
-        tmp = self.cache_file.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, self.cache_file)  # readers never see a half-written file
+        write_cache(self.cache_file, payload)
         if self.verbose:
-            print(f"generated {self.name} in {time.perf_counter() - started:.1f} s → {self.cache_file}")
+            took = time.perf_counter() - started
+            print(f"generated {self.name} in {took:.1f} s → {self.cache_file}")
 
     def _load(self) -> Data:
         self.prepare_data()
-        try:
-            p = torch.load(self.cache_file, weights_only=True)
-            x = torch.sparse_csr_tensor(p["crow"], p["col"], p["val"], tuple(p["shape"].tolist()))
-        except Exception as err:
-            raise UserError(
-                f"could not read the cached graph {self.cache_file} ({type(err).__name__}); "
-                "delete it and run again to regenerate it"
-            ) from err
-        return Data(x=x, **{k: p[k] for k in ("edge_index", "y", "train_mask", "val_mask", "test_mask")})
+        p = read_cache(self.cache_file)
+        x = torch.sparse_csr_tensor(p["crow"], p["col"], p["val"], tuple(p["shape"].tolist()))
+        return Data(
+            x=x, **{k: p[k] for k in ("edge_index", "y", "train_mask", "val_mask", "test_mask")}
+        )
 
 
 def _check_params(p: dict[str, Any]) -> None:
@@ -186,11 +178,17 @@ def _check_params(p: dict[str, Any]) -> None:
         if not ok:
             raise ValueError(what)
 
-    need(isinstance(p["num_nodes"], int) and p["num_nodes"] >= 100, f"num_nodes must be ≥ 100 (got {p['num_nodes']})")
+    need(
+        isinstance(p["num_nodes"], int) and p["num_nodes"] >= 100,
+        f"num_nodes must be ≥ 100 (got {p['num_nodes']})",
+    )
     need(p["num_classes"] >= 2, f"num_classes must be ≥ 2 (got {p['num_classes']})")
     need(p["avg_degree"] > 0, f"avg_degree must be > 0 (got {p['avg_degree']})")
     need(0 <= p["homophily"] <= 1, f"homophily must be in [0, 1] (got {p['homophily']})")
-    need(p["num_features"] >= 1 and p["words_per_node"] >= 1, "num_features and words_per_node must be ≥ 1")
+    need(
+        p["num_features"] >= 1 and p["words_per_node"] >= 1,
+        "num_features and words_per_node must be ≥ 1",
+    )
     need(1 <= p["topic_words"] <= p["num_features"], "topic_words must be in [1, num_features]")
     need(0 <= p["topic_share"] <= 1, f"topic_share must be in [0, 1] (got {p['topic_share']})")
     split = p["split"]

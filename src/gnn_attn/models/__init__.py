@@ -5,7 +5,7 @@ from gnn_attn.models.gat import GAT
 from gnn_attn.models.gcn import GCN
 from gnn_attn.models.mlp import MLP
 from gnn_attn.models.module import ModelSettings, NodeClassifier, count_parameters
-from gnn_attn.models.stack import LayerStack
+from gnn_attn.models.stack import LayerStack, Readout
 
 __all__ = [
     "GAT",
@@ -14,5 +14,6 @@ __all__ = [
     "LayerStack",
     "ModelSettings",
     "NodeClassifier",
+    "Readout",
     "count_parameters",
 ]

@@ -10,6 +10,7 @@ from gnn_attn.models.gat_conv import FusedGATConv, FusedGATv2Conv
 from gnn_attn.models.sparse import sparse_aware
 from gnn_attn.models.stack import (
     LayerStack,
+    Readout,
     check_bool,
     check_positive,
     check_probability,
@@ -19,6 +20,7 @@ from gnn_attn.models.stack import (
 VERSIONS = {"v1": GATConv, "v2": GATv2Conv}  # PyG's layers (impl=pyg)
 FUSED = {"v1": FusedGATConv, "v2": FusedGATv2Conv}  # ours (impl=fused)
 IMPLS = ("fused", "pyg")
+READOUTS = ("attention", "linear")
 
 
 class GAT(LayerStack):
@@ -45,16 +47,21 @@ class GAT(LayerStack):
 
     Hidden layers concatenate (``concat=True``) or average their heads; the output layer
     averages its ``out_heads`` heads (the GAT paper: 1 head on Cora/CiteSeer, 8 on PubMed).
+    With ``readout="linear"`` every attention layer is hidden and a per-node linear map
+    gives the logits, :math:`\mathbf{h}^{(L)}_i\mathbf{W}_o^\top + \mathbf{b}_o` (Brody et
+    al.'s DictionaryLookup model: one attention layer of width 128, ReLU, linear).
 
     Args:
         in_channels: input features :math:`F_{in}`.
         out_channels: classes :math:`C`.
         hidden_channels: features per head in hidden layers (default 8).
-        num_layers: attention layers, output layer included (default 2).
-        heads: heads per hidden layer, one int or a list of ``num_layers - 1`` ints.
+        num_layers: attention layers, output layer included (default 2); with
+            ``readout="linear"``, the attention layers before the read-out.
+        heads: heads per hidden layer, one int or a list of ``num_layers - 1`` ints
+            (``readout="linear"``: ``num_layers`` ints).
         concat: concatenate (true) or average (false) the heads of each hidden layer; one
             bool or a list.
-        out_heads: heads of the output layer, always averaged.
+        out_heads: heads of the output layer, always averaged (``readout="attention"``).
         version: ``v1`` (:class:`~torch_geometric.nn.conv.GATConv`) or ``v2``
             (:class:`~torch_geometric.nn.conv.GATv2Conv`).
         dropout: dropout on every layer's input (default 0.6).
@@ -70,6 +77,9 @@ class GAT(LayerStack):
         dropout_per_head: every head draws its own dropout mask of the layer input, as
             in the official GAT code (``fused`` only; default false: one mask shared by
             all heads, as PyG's layers).
+        readout: ``attention`` (the last attention layer outputs the classes, as in the
+            GAT paper) or ``linear`` (a :class:`~gnn_attn.models.stack.Readout` after the
+            attention layers).
 
     Shapes: ``x`` :math:`(N, F_{in})`, ``edge_index`` :math:`(2, E)` → :math:`(N, C)`;
     with ``return_attention=True`` also, per layer, ``edge_index`` :math:`(2, E + N)`
@@ -97,6 +107,7 @@ class GAT(LayerStack):
         impl: str = "fused",
         feat_dropout: float = 0.0,
         dropout_per_head: bool = False,
+        readout: str = "attention",
     ) -> None:
         super().__init__(dropout, activation, residual)
         if version not in VERSIONS:
@@ -116,14 +127,27 @@ class GAT(LayerStack):
                 "for all heads); set dropout_per_head=false or impl=fused"
             )
         check_positive(hidden_channels=hidden_channels, num_layers=num_layers, out_heads=out_heads)
-        n_hidden = num_layers - 1
+        if readout not in READOUTS:
+            raise ValueError(f"readout '{readout}' is unknown; choose attention or linear")
+        if readout == "linear" and out_heads != 1:
+            raise ValueError(
+                "out_heads is for readout=attention (a linear read-out has no heads); "
+                "set out_heads=1 or readout=attention"
+            )
+        linear = readout == "linear"
+        n_hidden = num_layers if linear else num_layers - 1
         heads_l = per_layer(heads, n_hidden, "heads")
         concat_l = per_layer(concat, n_hidden, "concat")
         for h in heads_l:
             check_positive(heads=h)
         self.version, self.impl = version, impl
         self.dims = [in_channels]
-        for h, c in zip([*heads_l, out_heads], [*concat_l, False], strict=True):
+        attention_layers = (
+            zip(heads_l, concat_l, strict=True)
+            if linear
+            else zip([*heads_l, out_heads], [*concat_l, False], strict=True)
+        )
+        for h, c in attention_layers:
             last = len(self.layers) == n_hidden
             d_out = out_channels if last else hidden_channels
             kwargs = dict(heads=h, concat=c, dropout=attn_dropout, negative_slope=negative_slope)
@@ -143,6 +167,9 @@ class GAT(LayerStack):
                         setattr(layer, name, sparse_aware(getattr(layer, name)))
             self.layers.append(layer)
             self.dims.append(d_out * h if c else d_out)
+        if linear:
+            self.layers.append(Readout(self.dims[-1], out_channels))
+            self.dims.append(out_channels)
         self._finish()
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,9 +69,11 @@ class NodeClassifier(L.LightningModule):
     r"""Cross-entropy node classification with any backbone.
 
     A batch comes from the data module: the whole graph (the loss and the metrics use
-    the nodes of the stage's mask ``train_mask``/``val_mask``/``test_mask``), or a batch
+    the nodes of the stage's mask ``train_mask``/``val_mask``/``test_mask``), a batch
     whose first ``batch.batch_size`` nodes are the ones scored ("seeds first": a sampled
-    mini-batch, or a split's receptive field). With :math:`\mathcal{V}_s` those nodes,
+    mini-batch, or a split's receptive field), or a batch of graphs whose
+    ``target_mask`` marks the scored nodes
+    (:class:`~gnn_attn.data.graph_set.GraphSetDataModule`). With :math:`\mathcal{V}_s` those nodes,
 
     .. math::
         \mathcal{L} = -\frac{1}{|\mathcal{V}_s|}\sum_{i \in \mathcal{V}_s}
@@ -155,7 +158,9 @@ class NodeClassifier(L.LightningModule):
     def _step(self, batch: Data, stage: str) -> Tensor:
         """Loss on the scored nodes of one batch; adds them to the epoch's metrics."""
         logits = self(batch)
-        if "batch_size" in batch:  # seeds first
+        if "target_mask" in batch:  # a batch of graphs: their scored nodes
+            logits, y = logits[batch.target_mask], batch.y[batch.target_mask]
+        elif "batch_size" in batch:  # seeds first
             logits, y = logits[: batch.batch_size], batch.y[: batch.batch_size]
         else:  # the whole graph: the stage's mask
             mask = batch[f"{stage}_mask"]
@@ -213,14 +218,16 @@ class NodeClassifier(L.LightningModule):
         self._publish(metrics)
 
     @torch.no_grad()
-    def score(self, batch: Data, stage: str) -> dict[str, float]:
-        """``{stage}/loss`` and ``{stage}/acc`` of one whole batch in eval mode, outside a
-        Trainer, with the arithmetic of an epoch's metrics (a stacked member is tested
-        this way: its numbers are those ``eval.py`` gets from its checkpoint)."""
+    def score(self, batches: Data | Iterable[Data], stage: str) -> dict[str, float]:
+        """``{stage}/loss`` and ``{stage}/acc`` of a batch (or of batches, on the module's
+        device) in eval mode, outside a Trainer, with the arithmetic of an epoch's metrics
+        (a stacked member is tested this way: its numbers are those ``eval.py`` gets
+        from its checkpoint)."""
         was_training = self.training
         self.eval()
         try:
-            self._step(batch, stage)
+            for batch in [batches] if isinstance(batches, Data) else batches:
+                self._step(batch, stage)
             sums, n = self._sums.pop(stage)
         finally:
             self.train(was_training)

@@ -41,7 +41,8 @@ class LayerStack(nn.Module):
 
     Subclasses build ``self.layers`` (and record ``self.dims``, the width of every
     :math:`\mathbf{H}^{(l)}`), then call :meth:`_finish`. A layer is called as
-    ``layer(h, edge_index)`` when ``self.graph_layers`` is true, else ``layer(h)``.
+    ``layer(h, edge_index)`` when ``self.graph_layers`` is true, else ``layer(h)``; a
+    :class:`Readout` (a per-node linear map, after the graph layers) as ``layer(h)``.
 
     Args:
         dropout: probability :math:`p` of zeroing an input entry of every layer.
@@ -143,22 +144,25 @@ class LayerStack(nn.Module):
         :math:`L` outputs only the nodes within :math:`r = \min(H, L-1-i)` hops of the
         seeds, from the edges of hops :math:`1..r+1`; both are prefixes of the batch's
         nodes and edges. ``attention``: a list that receives each layer's weights."""
-        n_layers = len(self.layers)
+        n_layers, n_graph = len(self.layers), self.receptive_hops
         for i in range(upto):
             n_out = None
-            if hops is not None and self.trims:
-                n_out, edge_index = trim(hops, i, n_layers, edge_index)
+            if hops is not None and self.trims and i < n_graph:
+                n_out, edge_index = trim(hops, i, n_graph, edge_index)
             layer = self.layers[i]
             x = self._input(i, h)
-            kwargs: dict[str, Any] = {}
-            if n_out is not None and getattr(layer, "bipartite", False):
-                kwargs["num_dst"] = n_out
-            if attention is not None:
-                kwargs["return_attention_weights"] = True
-            out = layer(x, edge_index, **kwargs) if self.graph_layers else layer(x)
-            if attention is not None:
-                out, weights = out
-                attention.append(weights)
+            if not self.graph_layers or isinstance(layer, Readout):
+                out = layer(x)
+            else:
+                kwargs: dict[str, Any] = {}
+                if n_out is not None and getattr(layer, "bipartite", False):
+                    kwargs["num_dst"] = n_out
+                if attention is not None:
+                    kwargs["return_attention_weights"] = True
+                out = layer(x, edge_index, **kwargs)
+                if attention is not None:
+                    out, weights = out
+                    attention.append(weights)
             if self.residual:
                 out = out[:n_out] + self.res[i](self._residual_input(h, x))[:n_out]
             h = out if n_out is None else out[:n_out]
@@ -180,8 +184,11 @@ class LayerStack(nn.Module):
 
     @property
     def receptive_hops(self) -> int:
-        """How many hops of neighbours a node's output depends on (0 for an MLP)."""
-        return len(self.layers) if self.graph_layers else 0
+        """How many hops of neighbours a node's output depends on (0 for an MLP): the
+        graph layers (a :class:`Readout` is not one)."""
+        if not self.graph_layers:
+            return 0
+        return sum(not isinstance(layer, Readout) for layer in self.layers)
 
     @property
     def exact_hops(self) -> int | None:
@@ -198,6 +205,12 @@ class LayerStack(nn.Module):
     @property
     def first_layer(self) -> nn.Module:
         return self.layers[0]
+
+
+class Readout(nn.Linear):
+    r"""A per-node linear read-out after a stack's graph layers,
+    :math:`\mathbf{H}\mathbf{W}^\top + \mathbf{b}`: :math:`(N, F) \to (N, C)`; it reads
+    no edges (a :class:`LayerStack` calls it as ``layer(h)``)."""
 
 
 def trim(hops: Hops, i: int, n_layers: int, edge_index: Tensor) -> tuple[int, Tensor]:

@@ -30,12 +30,14 @@ from typing import Any, NamedTuple
 
 import lightning as L
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch_geometric.data import Data
 
 from gnn_attn.callbacks.selection import save_atomically
 from gnn_attn.console import quiet
+from gnn_attn.data.graph_set import GraphSetDataModule
 from gnn_attn.errors import TrainingDiverged, UserError, is_out_of_memory, out_of_memory_error
 from gnn_attn.models import NodeClassifier, count_parameters
 from gnn_attn.models.module import accepts, decay_groups
@@ -53,10 +55,20 @@ class NotStackable(UserError):
 ELEMENTWISE = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD")
 
 
+def _is_graph_set(cfg: DictConfig) -> bool:
+    try:
+        data_class = get_class(str(cfg.data.get("_target_")))
+    except Exception:  # not importable: building the data names the problem
+        return False
+    return isinstance(data_class, type) and issubclass(data_class, GraphSetDataModule)
+
+
 def check_stackable(cfg: DictConfig) -> None:
     """:class:`NotStackable` naming a setting a stack would not honour as a lone run does
     (or a :class:`UserError` for one no run can take)."""
     trainer = cfg.trainer
+    if _is_graph_set(cfg):
+        raise NotStackable("data is a set of graphs: stacks train on one graph, full batch")
     if cfg.data.get("loader", "full") != "full":
         raise NotStackable(f"data.loader={cfg.data.loader}: stacks train full batch only")
     if cfg.get("ckpt_path"):
@@ -444,6 +456,7 @@ class StackTrainer:
                 continue
             module.net.load_state_dict(record.state)
             module.to(self.device)
+            fit = module.score(self.train_batch.batch, "train")
             val = module.score(self.val_batch.batch, "val")
             test = module.score(self.test_batch.batch, "test")
             rows = _history_rows(record.history[:epochs])
@@ -457,6 +470,8 @@ class StackTrainer:
                 "seed": cfg.seed,
                 "test/acc": test["test/acc"],
                 "test/loss": test["test/loss"],
+                "train/acc": fit["train/acc"],
+                "train/loss": fit["train/loss"],
                 "val/acc": val["val/acc"],
                 "val/loss": val["val/loss"],
                 "val/acc_best": module.val_acc_best,

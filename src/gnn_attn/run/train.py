@@ -26,7 +26,7 @@ from gnn_attn.config import project_root
 from gnn_attn.console import header, quiet
 from gnn_attn.errors import Interrupted, TrainingDiverged, UserError
 from gnn_attn.loggers import RunLogger, new_run_id
-from gnn_attn.models import count_parameters
+from gnn_attn.models import NodeClassifier, count_parameters
 from gnn_attn.run.build import (
     build_callbacks,
     build_data_and_model,
@@ -204,12 +204,14 @@ def _run(cfg: DictConfig, out_dir: Path, started: float, phase: Phase) -> dict[s
     best = selection.best_model_path
     val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    fit = fit_of_selected(module, datamodule)  # the module now holds best.ckpt's weights
     metrics = {
         "dataset": datamodule.name,
         "model": run_config["model"].get("name") or type(module.net).__name__.lower(),
         "seed": cfg.seed,
         "test/acc": float(test["test/acc"]),
         "test/loss": float(test["test/loss"]),
+        **fit,
         "val/acc": float(val["val/acc"]),
         "val/loss": float(val["val/loss"]),
         "val/acc_best": float(module.val_acc_best),
@@ -232,6 +234,17 @@ def _run(cfg: DictConfig, out_dir: Path, started: float, phase: Phase) -> dict[s
         return metrics  # DDP: rank 0 writes and reports
     publish(metrics, loggers, out_dir)
     return metrics
+
+
+def fit_of_selected(module: NodeClassifier, datamodule: Any) -> dict[str, float]:
+    """``train/acc`` and ``train/loss`` of the module's weights in eval mode (no
+    dropout): how well the selected checkpoint fits its training nodes. Empty for a data
+    module without ``eval_dataloader``."""
+    batches = getattr(datamodule, "eval_dataloader", None)
+    if batches is None:
+        return {}
+    move = datamodule.transfer_batch_to_device
+    return module.score((move(b, module.device, 0) for b in batches("train")), "train")
 
 
 def publish(metrics: dict[str, Any], loggers: list, out_dir: Path) -> None:
