@@ -80,6 +80,15 @@ def gat_name(version: str) -> str:
     return "gat" if str(version) == "v1" else f"gat{version}"
 
 
+def per_head(width: int, heads: int) -> int:
+    """Features per head that give a layer of ``width`` concatenated features."""
+    if heads < 1 or width % heads:
+        raise ValueError(
+            f"a width of {width} does not split into {heads} heads; pick heads dividing it"
+        )
+    return width // heads
+
+
 def optuna_storage(sweep_dir: str) -> str:
     """``sqlite:///<sweep_dir>/optuna.db`` for ``hparams_search``, the folder made now
     (Optuna creates the study before the first job makes the sweep dir). A later search
@@ -121,6 +130,7 @@ def register() -> None:
         ("gat_name", gat_name),
         ("paper_models", paper_models),
         ("optuna_storage", optuna_storage),
+        ("per_head", per_head),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -3,10 +3,12 @@
     python -m gnn_attn.analysis.aggregate multirun/<date>/<time>   (or: make table SWEEP=...)
 
 Jobs are grouped by their overrides minus ``seed``; each group reports ``n`` and
-mean ± std (sample std over seeds) of ``test/acc``, ``val/acc_best``, ``epochs`` and
-``fit_seconds``. Writes ``results.csv``, ``results.md`` (a paper-style table — rows =
-models, columns = datasets, cells ``83.1 ± 0.6`` — when the sweep has that shape, else one
-row per group) and ``results.png`` into the sweep dir, and prints the table. Failed and
+mean ± std (sample std over seeds) of ``test/acc``, ``train/acc``, ``val/acc_best``,
+``epochs`` and ``fit_seconds``. Writes ``results.csv``, ``results.md`` (a paper-style
+table — rows = models, columns = datasets, cells ``83.1 ± 0.6`` — when the sweep has that
+shape, else one row per group) and ``results.png`` into the sweep dir, and prints the
+table; and the pictures of :mod:`gnn_attn.analysis.sweep_pictures` that the jobs allow
+(accuracy against a swept number, static attention, attention matrices). Failed and
 unfinished jobs are counted and listed, never dropped silently; a sweep still running
 aggregates what has finished.
 """
@@ -24,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from gnn_attn.analysis.jobs import Job, find_jobs
+from gnn_attn.analysis.sweep_pictures import sweep_pictures
 from gnn_attn.errors import UserError, exits_cleanly
 
-METRICS = ("test/acc", "val/acc_best", "epochs", "fit_seconds", "ms_per_epoch")
+METRICS = ("test/acc", "train/acc", "val/acc_best", "epochs", "fit_seconds", "ms_per_epoch")
 
 
 def _split(override: str) -> tuple[str, str]:
@@ -91,8 +94,11 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
     )
     (sweep / "results.md").write_text(text)
     plot(rows, sweep / "results.png", title=str(sweep.relative_to(sweep.parent.parent)))
+    pictures = sweep_pictures(jobs, sweep)
     print(table)
     print(f"\n{summary}; wrote {sweep}/results.{{csv,md,png}}")
+    if pictures:
+        print("and " + ", ".join(p.name for p in pictures))
     for line in listing:
         print(line, file=sys.stderr)
     return {"rows": rows, "jobs": len(jobs), "problems": [str(j.path) for j in problems]}
@@ -149,12 +155,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         return "Test accuracy (%), mean ± std over seeds\n\n" + "\n".join(lines)
     lines = [
-        "| group | n | test/acc (%) | val/acc_best (%) | epochs | fit s | ms/epoch | failed |",
-        "|---|---|---|---|---|---|---|---|",
+        "| group | n | test/acc (%) | train/acc (%) | val/acc_best (%) | epochs | fit s "
+        "| ms/epoch | failed |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = [
             _cell(r),
+            _cell(r, "train/acc"),
             _cell(r, "val/acc_best"),
             _cell(r, "epochs", 1, 0),
             _cell(r, "fit_seconds", 1, 2),

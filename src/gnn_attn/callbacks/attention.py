@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -17,6 +18,7 @@ from gnn_attn.analysis.graph import (
     self_attention_share,
     uniform_entropy,
 )
+from gnn_attn.analysis.static_attention import StaticScore, static_score
 from gnn_attn.callbacks.pictures import PictureCallback
 from gnn_attn.data import node_degree
 
@@ -41,14 +43,26 @@ class AttentionAnalysis(PictureCallback):
       ``max_degree`` (enough neighbours to compare, few enough to draw), the one whose
       attention is farthest from uniform, i.e. the largest
       :math:`\mathrm{KL}(arlpha_i \,\|\, \mathrm{uniform}) = \log a_i - H(arlpha_i)`.
+    - static attention (Brody et al., 2022; :func:`~gnn_attn.analysis.static_attention.
+      static_score`): per layer and head, over pairs of queries that share two or more
+      neighbours, the share of shared-neighbour pairs both queries rank in the same
+      order; 1 = one global ranking (GAT, by construction), ≈ 0.5 = unrelated rankings.
+      ``attention/static_l<l>`` = the mean over heads (third panel of the summary),
+      at most ``static_comparisons`` comparisons, drawn with ``static_seed``.
+    - ``attention_matrix.png`` (a data module of many graphs, e.g. DictionaryLookup):
+      the first layer's attention (mean of heads) of the first test graph, its scored
+      nodes (rows) × the other nodes that send them edges (columns).
     - ``attention.pt``: every layer's ``edge_index`` :math:`(2, E')` and ``alpha``
-      :math:`(E', K)`, plus ``y`` and the masks, for your own analysis.
+      :math:`(E', K)` and static score (per head, ``static``), ``y`` and the masks (and
+      the matrix above, ``matrix``), for your own analysis.
 
     Args:
         output_dir: where the files go.
         node: node to draw; ``null`` = the rule above.
         min_degree: smallest degree of the chosen node.
         max_degree: largest degree of the chosen node (larger ones do not draw legibly).
+        static_comparisons: comparisons drawn at most for the static score per layer.
+        static_seed: the seed of that sample.
     """
 
     def __init__(
@@ -57,8 +71,13 @@ class AttentionAnalysis(PictureCallback):
         node: int | None = None,
         min_degree: int = 3,
         max_degree: int = 12,
+        static_comparisons: int = 200_000,
+        static_seed: int = 0,
     ) -> None:
         super().__init__(output_dir)
+        if static_comparisons < 1:
+            raise ValueError(f"static_comparisons must be ≥ 1 (got {static_comparisons})")
+        self.static_comparisons, self.static_seed = static_comparisons, static_seed
         if min_degree > max_degree:
             raise ValueError(
                 f"min_degree ({min_degree}) must be ≤ max_degree ({max_degree}); lower it"
@@ -85,13 +104,24 @@ class AttentionAnalysis(PictureCallback):
         layers = [(ei.cpu(), a.float().cpu()) for ei, a in pl_module.attention(data)]
         n = data.num_nodes
         deg = node_degree(data.edge_index, n).cpu()
+        static = [
+            static_score(ei, a, self.static_comparisons, seed=self.static_seed) for ei, a in layers
+        ]
+        for i, score in enumerate(static, start=1):
+            if score.mean == score.mean:  # NaN: every comparison tied
+                self.summary[f"attention/static_l{i}"] = round(score.mean, 4)
+        matrix = first_graph_matrix(data, *layers[0]) if "batch" in data else None
         torch.save(
             {
-                "layers": [{"edge_index": ei, "alpha": a} for ei, a in layers],
+                "layers": [
+                    {"edge_index": ei, "alpha": a, "static": st.as_dict()}
+                    for (ei, a), st in zip(layers, static, strict=True)
+                ],
                 "y": data.y.cpu(),
                 "train_mask": data.train_mask.cpu(),
                 "val_mask": data.val_mask.cpu(),
                 "test_mask": data.test_mask.cpu(),
+                **({"matrix": matrix} if matrix is not None else {}),
             },
             self.output_dir / "attention.pt",
         )
@@ -112,9 +142,14 @@ class AttentionAnalysis(PictureCallback):
             self.summary[f"attention/self_share_l{i}"] = round(float(share.mean()), 4)
         name = getattr(trainer.datamodule, "name", "graph")
         title = f"{self.model_name(pl_module)} on {name}"
-        p1 = self._summary_figure(ratios, shares, title)
+        p1 = self._summary_figure(ratios, shares, static, title)
         p2 = self._node_figure(layers[0], data, deg, title, self.class_names(trainer))
-        self.publish(trainer, {"attention_summary": p1, "attention_node": p2})
+        pictures = {"attention_summary": p1, "attention_node": p2}
+        if matrix is not None:
+            path = self.output_dir / "attention_matrix.png"
+            draw_matrix(matrix, path, f"{title}: layer 1 attention of one test graph")
+            pictures["attention_matrix"] = path
+        self.publish(trainer, pictures)
 
     def choose_node(self, layer: tuple[Tensor, Tensor], test: Tensor, deg: Tensor) -> int:
         """The rule of the class doc: the test node of moderate degree whose mean-of-heads
@@ -130,7 +165,11 @@ class AttentionAnalysis(PictureCallback):
         return int(torch.where(ok, kl, torch.full_like(kl, -torch.inf)).argmax())
 
     def _summary_figure(
-        self, ratios: list[Tensor], shares: list[tuple[Tensor, float] | None], title: str
+        self,
+        ratios: list[Tensor],
+        shares: list[tuple[Tensor, float] | None],
+        static: list[StaticScore],
+        title: str,
     ) -> Path:
         import matplotlib.pyplot as plt
 
@@ -141,8 +180,8 @@ class AttentionAnalysis(PictureCallback):
                 labels.append(f"L{li}\nh{k + 1}" if ratio.size(1) > 1 else f"L{li}")
                 boxes.append(ratio[:, k].numpy())
                 colors.append(palette((li - 1) % 10))
-        fig, (left, right) = plt.subplots(
-            1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]}
+        fig, (left, right, third) = plt.subplots(
+            1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [3, 2, 2]}
         )
         parts = left.boxplot(boxes, whis=(5, 95), showfliers=False, patch_artist=True,
                              widths=0.6, medianprops={"color": "black"})  # fmt: skip
@@ -188,8 +227,9 @@ class AttentionAnalysis(PictureCallback):
             right.text(0.5, 0.5, "no self-loops in these layers", ha="center", va="center")
             right.set_xticks([])
         right.set_title("How much each node attends to itself", fontsize=9)
+        static_panel(third, static)
         fig.suptitle(f"What the attention does — {title}", fontsize=11)
-        fig.subplots_adjust(left=0.07, right=0.98, top=0.82, bottom=0.14, wspace=0.22)
+        fig.subplots_adjust(left=0.05, right=0.99, top=0.82, bottom=0.14, wspace=0.22)
         path = self.output_dir / "attention_summary.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
@@ -272,3 +312,67 @@ class AttentionAnalysis(PictureCallback):
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return path
+
+
+def static_panel(ax: Any, static: list[StaticScore]) -> None:
+    """Bars of the static score per layer (L) and head (h), with the two references:
+    1 (one global ranking: GAT by construction) and 0.5 (unrelated rankings)."""
+    names, values = [], []
+    for li, score in enumerate(static, start=1):
+        k = score.per_head.numel()
+        for h, v in enumerate(score.per_head.tolist()):
+            names.append(f"L{li}\nh{h + 1}" if k > 1 else f"L{li}")
+            values.append(v)
+    x = np.arange(len(values))
+    ax.bar(x, np.nan_to_num(values, nan=0.0), color="#C44E52", alpha=0.8)
+    for xi, v in zip(x, values, strict=True):
+        ax.annotate("n/a" if v != v else f"{v:.3f}", (xi, min(v, 1.0) if v == v else 0.0),
+                    ha="center", va="bottom", fontsize=7)  # fmt: skip
+    ax.axhline(1.0, ls="--", color="black", lw=1, label="1 = static (GAT by theorem)")
+    ax.axhline(0.5, ls=":", color="gray", lw=1, label="0.5 = unrelated rankings")
+    ax.set_xticks(x, names, fontsize=7)
+    ax.set_ylim(0, 1.12)
+    ax.legend(fontsize=7, loc="lower right")
+    sampled = sum(s.compared for s in static)
+    ax.set_title(
+        f"Static attention: queries rank shared\nneighbours alike ({sampled} comparisons)",
+        fontsize=9,
+    )
+
+
+def first_graph_matrix(data: Data, edge_index: Tensor, alpha: Tensor) -> dict[str, Tensor]:
+    r"""The attention (mean over heads) of the first graph of a batch of graphs: its
+    scored nodes (``test_mask``, rows) × the other nodes with an edge into them
+    (columns, self-loops left out), both in node order. Returns ``alpha`` :math:`(R, C)`
+    (0 where there is no edge), ``rows`` :math:`(R,)` and ``cols`` :math:`(C,)` (node
+    ids within the graph)."""
+    first = (data.batch == 0).cpu()
+    rows = torch.nonzero(first & data.test_mask.cpu()).view(-1)
+    src, dst = edge_index
+    into = torch.isin(dst, rows) & (src != dst)
+    cols = torch.unique(src[into])
+    matrix = torch.zeros(rows.numel(), cols.numel())
+    r = torch.searchsorted(rows, dst[into])
+    c = torch.searchsorted(cols, src[into])
+    matrix[r, c] = alpha[into].mean(dim=1)
+    return {"alpha": matrix, "rows": rows, "cols": cols}
+
+
+def draw_matrix(matrix: dict[str, Tensor], path: Path, title: str, ax: Any = None) -> None:
+    """Heat map of :func:`first_graph_matrix`'s ``alpha``; alone into ``path``, or into
+    ``ax`` (then nothing is saved)."""
+    import matplotlib.pyplot as plt
+
+    alone = ax is None
+    if alone:
+        fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    a = matrix["alpha"].numpy()
+    image = ax.imshow(a, cmap="viridis", vmin=0, vmax=max(float(a.max()), 1e-6))
+    ax.set_xlabel("neighbour (key–value node for DictionaryLookup)")
+    ax.set_ylabel("query (scored node)")
+    ax.set_title(title, fontsize=9)
+    plt.colorbar(image, ax=ax, shrink=0.8, label="attention α")
+    if alone:
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)

@@ -199,7 +199,10 @@ def _run(cfg: DictConfig, out_dir: Path, started: float, phase: Phase) -> dict[s
     fit_seconds = timer.time_elapsed("train")  # the epoch loop: train steps + validation
     epochs = trainer.current_epoch
     if selection.best_epoch < 0:
-        raise UserError("training ran no validation epoch; set trainer.max_epochs ≥ 1")
+        raise UserError(
+            "training ran no validation epoch; set trainer.max_epochs ≥ 1 (and "
+            "trainer.max_steps, if set, to at least one epoch's batches)"
+        )
 
     best = selection.best_model_path
     val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
