@@ -259,6 +259,7 @@ def test_stacked_sweep_writes_every_job_and_repeats_exactly(
         ("trainer.check_val_every_n_epoch=2", "validates every epoch"),
         ("+model.optimizer=torch.optim.RMSprop", "only elementwise optimizers"),
         ("model.impl=pyg", "impl=fused"),
+        ("model.readout=linear", "linear read-out does not stack"),
     ],
 )
 def test_settings_a_stack_would_not_honour_are_refused(
@@ -267,6 +268,12 @@ def test_settings_a_stack_would_not_honour_are_refused(
     extra = ["model.feat_dropout=0"] if "impl" in setting else []
     cfgs = configs(tmp_path, cache_dir, range(2), "model=gat", "data=cora", setting, *extra)
     with pytest.raises(NotStackable, match=reason):
+        StackTrainer(cfgs)
+
+
+def test_a_set_of_graphs_does_not_stack(tmp_path: Path, cache_dir: Path) -> None:
+    cfgs = configs(tmp_path, cache_dir, range(2), "model=gatv2", "data=dictionary_lookup")
+    with pytest.raises(NotStackable, match="set of graphs"):
         StackTrainer(cfgs)
 
 

@@ -176,3 +176,7 @@ def test_run_draws_every_picture(gat_run) -> None:
     assert (stats["nodes"], stats["classes"]) == (2708, 7)
     att = __import__("torch").load(out / "attention.pt")
     assert len(att["layers"]) == 2 and att["layers"][0]["alpha"].shape[1] == 8
+    # GAT's attention is static whatever it learned (Brody et al.'s theorem)
+    assert m["attention/static_l1"] >= 0.999 and m["attention/static_l2"] >= 0.999
+    assert len(att["layers"][0]["static"]["per_head"]) == 8
+    assert 0 < m["train/acc"] <= 1

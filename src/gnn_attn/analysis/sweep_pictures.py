@@ -90,7 +90,7 @@ def accuracy_curve(jobs: list[Job], key: str, path: Path) -> Path:
     done = [j for j in jobs if j.status == "ok"]
     common = common_overrides(done)
     series = list(OrderedDict.fromkeys(series_of(j, key, common) for j in done))
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     palette = plt.get_cmap("tab10")
     for si, name in enumerate(series):
         members = [j for j in done if series_of(j, key, common) == name]
@@ -120,7 +120,7 @@ def accuracy_curve(jobs: list[Job], key: str, path: Path) -> Path:
         f"Train (dashed) and test (solid) accuracy against {key}\nmean ± std over seeds {seeds}",
         fontsize=10,
     )
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -45,7 +45,7 @@ from gnn_attn.models.cache import GraphCache
 from gnn_attn.models.gat_conv import FusedAttentionConv, FusedGATv2Conv
 from gnn_attn.models.gcn import CachedGCNConv
 from gnn_attn.models.sparse import SparseLinear, dropout, project_per_head
-from gnn_attn.models.stack import Hops, LayerStack, trim
+from gnn_attn.models.stack import Hops, LayerStack, Readout, trim
 
 
 def project_members(h: Tensor, weight: Tensor, p: float, training: bool) -> Tensor:
@@ -258,6 +258,8 @@ def why_not_stackable(net: nn.Module) -> str | None:
     if net.residual:
         return f"{name} with residual=true does not stack"
     for layer in net.layers:
+        if isinstance(layer, Readout):
+            return f"{name} with a linear read-out does not stack"
         if type(layer) not in STACKED:
             return f"{name}'s layer {type(layer).__name__} does not stack (GAT needs impl=fused)"
         if getattr(layer, "input_dropout", 0.0) > 0:
