@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from gnn_attn.callbacks import EarlyStoppingCheckpoint
 from gnn_attn.callbacks.selection import PeriodicCheckpoint
 from gnn_attn.callbacks.signals import StopOnSignal
-from gnn_attn.data import NodeDataModule
+from gnn_attn.data import GraphSetDataModule, NodeDataModule
 from gnn_attn.errors import UserError, user_error_in
 from gnn_attn.loggers import is_offline
 from gnn_attn.models import ModelSettings, NodeClassifier
@@ -171,9 +171,20 @@ def build_data_and_model(
     return datamodule, module
 
 
+def is_graph_set(cfg: DictConfig) -> bool:
+    """Whether ``cfg.data`` is a data module of many graphs (batches of graphs)."""
+    try:
+        data_class = get_class(str(cfg.data.get("_target_")))
+    except Exception:  # not importable: building the data names the problem
+        return False
+    return isinstance(data_class, type) and issubclass(data_class, GraphSetDataModule)
+
+
 def check_ddp_loader(cfg: DictConfig) -> None:
-    """Full-batch DDP is refused before any rank starts."""
-    if world_size(cfg) > 1 and cfg.data.get("loader", "full") == "full":
+    """Full-batch DDP on one graph is refused before any rank starts (batches of graphs
+    are shared out between the ranks by Lightning's distributed sampler)."""
+    one_graph = cfg.data.get("loader", "full") == "full" and not is_graph_set(cfg)
+    if world_size(cfg) > 1 and one_graph:
         raise UserError(
             f"trainer={cfg.trainer.get('strategy')} with {world_size(cfg)} processes needs "
             "mini-batches: full-batch DDP gives no speed-up (every rank would process the "

@@ -30,19 +30,23 @@ from typing import Any, NamedTuple
 
 import lightning as L
 import torch
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch_geometric.data import Data
 
 from gnn_attn.callbacks.selection import save_atomically
 from gnn_attn.console import quiet
-from gnn_attn.data.graph_set import GraphSetDataModule
 from gnn_attn.errors import TrainingDiverged, UserError, is_out_of_memory, out_of_memory_error
 from gnn_attn.models import NodeClassifier, count_parameters
 from gnn_attn.models.module import accepts, decay_groups
 from gnn_attn.models.stacked import StackedNet, why_not_stackable
-from gnn_attn.run.build import build_data, build_loggers, build_model, build_node
+from gnn_attn.run.build import (
+    build_data,
+    build_loggers,
+    build_model,
+    build_node,
+    is_graph_set,
+)
 from gnn_attn.run.train import optimized_value, publish, write_json
 
 HISTORY = ("train/loss", "train/acc", "val/loss", "val/acc")
@@ -55,19 +59,11 @@ class NotStackable(UserError):
 ELEMENTWISE = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD")
 
 
-def _is_graph_set(cfg: DictConfig) -> bool:
-    try:
-        data_class = get_class(str(cfg.data.get("_target_")))
-    except Exception:  # not importable: building the data names the problem
-        return False
-    return isinstance(data_class, type) and issubclass(data_class, GraphSetDataModule)
-
-
 def check_stackable(cfg: DictConfig) -> None:
     """:class:`NotStackable` naming a setting a stack would not honour as a lone run does
     (or a :class:`UserError` for one no run can take)."""
     trainer = cfg.trainer
-    if _is_graph_set(cfg):
+    if is_graph_set(cfg):
         raise NotStackable("data is a set of graphs: stacks train on one graph, full batch")
     if cfg.data.get("loader", "full") != "full":
         raise NotStackable(f"data.loader={cfg.data.loader}: stacks train full batch only")
