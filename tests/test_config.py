@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 
 from gnn_attn.callbacks import EarlyStoppingCheckpoint
 from gnn_attn.config import model_configs, paper_models
-from gnn_attn.data import NodeDataModule
+from gnn_attn.data import GraphSetDataModule, NodeDataModule
 from gnn_attn.models import NodeClassifier
 from gnn_attn.run.build import SETTINGS, build_data_and_model
 from tests.conftest import CONF
@@ -36,9 +36,9 @@ def compose_train(tmp_path: Path, *overrides: str):
 def test_data_choices_instantiate(tmp_path: Path, data: str) -> None:
     cfg = compose_train(tmp_path, f"data={data}")
     dm = instantiate(cfg.data)
-    assert isinstance(dm, NodeDataModule)
+    assert isinstance(dm, (NodeDataModule, GraphSetDataModule))
     assert type(dm) is get_class(cfg.data._target_)
-    assert dm.loader == cfg.data.loader and dm.seed == cfg.seed
+    assert dm.loader == cfg.data.get("loader", "graphs") and dm.seed == cfg.seed
     if "name" in cfg.data:
         assert dm.name.lower() == cfg.data.name
 

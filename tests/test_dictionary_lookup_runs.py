@@ -75,3 +75,20 @@ def test_experiment_ends_with_its_table_and_pictures(tmp_path: Path) -> None:
     assert "train/acc (%)" in table and "lookup_model=gatv2_1h,data.k=4" in table
     rows = [line for line in table.splitlines() if line.startswith("| +lookup_model")]
     assert len(rows) == 6 and all("| 2 |" in r for r in rows)  # 2 seeds in every cell
+
+
+def test_ddp_shares_the_graphs_and_evaluates_each_once(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    run_cli("train.py", *train_overrides(
+        out, tmp_path / "cache", "trainer=ddp_cpu", "model=gatv2", "data=dictionary_lookup",
+        "data.k=5", "data.split=[0.8,0.1,0.04]", "trainer.max_steps=30", "logger=none",
+    ))  # fmt: skip
+    trained = read_metrics(out)
+    assert trained["processes"] == 2
+    # 5 test graphs: 3 and 2 per rank (a padded sampler would score one twice)
+    run_cli("eval.py", f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}",
+            f"hydra.run.dir={tmp_path / 'eval'}", f"paths.cache_dir={tmp_path / 'cache'}",
+            "trainer=cpu")  # fmt: skip
+    evaluated = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
+    for key in ("val/acc", "test/acc", "test/loss"):
+        assert evaluated[key] == pytest.approx(trained[key], abs=1e-5), key

@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
@@ -30,6 +30,22 @@ class EpochShuffle(Sampler[int]):
 
     def __len__(self) -> int:
         return self.n
+
+
+class RankShare(DistributedSampler):
+    """One DDP rank's share of ``n`` items, in order and without the padding of
+    :class:`~torch.utils.data.DistributedSampler` (which repeats items to even the
+    ranks out): every graph is evaluated exactly once."""
+
+    def __init__(self, n: int, rank: int, world_size: int) -> None:
+        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=False)
+        self.share = range(rank, n, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.share)
+
+    def __len__(self) -> int:
+        return len(self.share)
 
 
 class GraphSetDataModule(L.LightningDataModule):
@@ -146,8 +162,14 @@ class GraphSetDataModule(L.LightningDataModule):
         return DataLoader(graphs, batch_size=self.batch_size, sampler=sampler)
 
     def eval_dataloader(self, stage: str) -> DataLoader:
-        """The graphs of ``stage`` in their stored order, in evaluation batches."""
-        return DataLoader(self.graphs[stage], batch_size=self.eval_batch_size)
+        """The graphs of ``stage`` in their stored order, in evaluation batches (under
+        DDP, each rank its :class:`RankShare`)."""
+        graphs = self.graphs[stage]
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world == 1:
+            return DataLoader(graphs, batch_size=self.eval_batch_size)
+        share = RankShare(len(graphs), self.trainer.global_rank, world)
+        return DataLoader(graphs, batch_size=self.eval_batch_size, sampler=share)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val")
