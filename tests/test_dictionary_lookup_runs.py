@@ -90,5 +90,5 @@ def test_ddp_shares_the_graphs_and_evaluates_each_once(tmp_path: Path) -> None:
             f"hydra.run.dir={tmp_path / 'eval'}", f"paths.cache_dir={tmp_path / 'cache'}",
             "trainer=cpu")  # fmt: skip
     evaluated = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
-    for key in ("val/acc", "test/acc", "test/loss"):
+    for key in ("train/acc", "train/loss", "val/acc", "test/acc", "test/loss"):
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-5), key

@@ -84,7 +84,8 @@ def per_head(width: int, heads: int) -> int:
     """Features per head that give a layer of ``width`` concatenated features."""
     if heads < 1 or width % heads:
         raise ValueError(
-            f"a width of {width} does not split into {heads} heads; pick heads dividing it"
+            f"a width of {width} does not split into {heads} heads (model.heads); "
+            "pick heads dividing it or set model.hidden_channels"
         )
     return width // heads
 

@@ -112,3 +112,13 @@ def test_impossible_settings_are_one_line_from_the_cli(tmp_path: Path) -> None:
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: data.") and "k=2 allows only 2 distinct graphs" in last
     assert not (out / "metrics.json").exists()
+
+
+def test_heads_that_do_not_split_the_width_are_one_line(tmp_path: Path) -> None:
+    proc = run_cli(
+        "train.py", *train_overrides(tmp_path / "out", tmp_path / "cache", "model=gat",
+                                     "data=dictionary_lookup", "model.heads=3"), check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: model.hidden_channels: a width of 128 does not split")

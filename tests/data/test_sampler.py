@@ -110,6 +110,7 @@ def test_ddp_shards_cover_the_seeds_once(cora) -> None:
         lambda f, c: GAT(f, c, version="v2"),
         lambda f, c: GAT(f, c, version="v2", impl="pyg", feat_dropout=0.0),
         lambda f, c: MLP(f, c, num_layers=3),
+        lambda f, c: GAT(f, c, readout="linear", hidden_channels=16, heads=2),
     ],
 )
 def test_layer_trimming_keeps_the_seeds_logits(cora, make) -> None:

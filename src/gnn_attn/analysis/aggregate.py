@@ -18,33 +18,21 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import statistics
 import sys
 import textwrap
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from gnn_attn.analysis.jobs import Job, find_jobs
+from gnn_attn.analysis.jobs import Job, find_jobs, mean_std, split_override
 from gnn_attn.analysis.sweep_pictures import sweep_pictures
 from gnn_attn.errors import UserError, exits_cleanly
 
 METRICS = ("test/acc", "train/acc", "val/acc_best", "epochs", "fit_seconds", "ms_per_epoch")
 
 
-def _split(override: str) -> tuple[str, str]:
-    key, _, value = override.lstrip("+~").partition("=")
-    return key, value
-
-
 def group_key(job: Job) -> tuple[str, ...]:
-    return tuple(o for o in job.overrides if _split(o)[0] != "seed")
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return tuple(o for o in job.overrides if split_override(o)[0] != "seed")
 
 
 def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
@@ -71,7 +59,7 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
             "interrupted": sum(j.status == "interrupted" for j in members),
         }
         for o in key:
-            k, v = _split(o)
+            k, v = split_override(o)
             if k in ("model", "data"):
                 row[k] = v
         names = {str(j.metrics.get("dataset")) for j in done if j.metrics.get("dataset")}

@@ -6,7 +6,6 @@ head; the attention matrix of one graph), from the jobs' ``metrics.json`` and
 from __future__ import annotations
 
 import math
-import statistics
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gnn_attn.analysis.jobs import Job
+from gnn_attn.analysis.attention_plots import draw_matrix, static_references
+from gnn_attn.analysis.jobs import Job, mean_std, split_override
 
 ATTENTION_FILE = "attention.pt"
 
@@ -31,11 +31,6 @@ def _pyplot() -> Any:
     return plt
 
 
-def _split(override: str) -> tuple[str, str]:
-    key, _, value = override.lstrip("+~").partition("=")
-    return key, value
-
-
 def _number(text: str) -> float | None:
     try:
         return float(text)
@@ -44,16 +39,17 @@ def _number(text: str) -> float | None:
 
 
 def swept_number(jobs: list[Job]) -> str | None:
-    """The first override key (not ``seed``) that takes three or more numeric values
-    across the sweep's jobs, else ``None``."""
+    """The first override key (not ``seed``) that every job sets and that takes three
+    or more numeric values across the sweep's jobs, else ``None``."""
     values: OrderedDict[str, set[str]] = OrderedDict()
     for job in jobs:
         for o in job.overrides:
-            key, value = _split(o)
+            key, value = split_override(o)
             if key != "seed":
                 values.setdefault(key, set()).add(value)
     for key, seen in values.items():
-        if len(seen) >= 3 and all(_number(v) is not None for v in seen):
+        everywhere = all(any(split_override(o)[0] == key for o in j.overrides) for j in jobs)
+        if everywhere and len(seen) >= 3 and all(_number(v) is not None for v in seen):
             return key
     return None
 
@@ -63,7 +59,7 @@ def series_of(job: Job, key: str | None, common: set[str] = frozenset()) -> str:
     its curve or bar group."""
     kept = [
         o.lstrip("+") for o in job.overrides
-        if _split(o)[0] not in ("seed", key) and o not in common
+        if split_override(o)[0] not in ("seed", key) and o not in common
     ]  # fmt: skip
     return ",".join(kept) or "(all)"
 
@@ -74,13 +70,7 @@ def common_overrides(jobs: list[Job]) -> set[str]:
 
 
 def _value(job: Job, key: str) -> float:
-    return next(float(_split(o)[1]) for o in job.overrides if _split(o)[0] == key)
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return next(float(split_override(o)[1]) for o in job.overrides if split_override(o)[0] == key)
 
 
 def accuracy_curve(jobs: list[Job], key: str, path: Path) -> Path:
@@ -97,7 +87,7 @@ def accuracy_curve(jobs: list[Job], key: str, path: Path) -> Path:
         xs = sorted({_value(j, key) for j in members})
         for metric, style in (("test/acc", "-"), ("train/acc", "--")):
             stats = [
-                _mean_std(
+                mean_std(
                     [100 * float(j.metrics[metric]) for j in members
                      if _value(j, key) == x and metric in j.metrics]
                 )
@@ -140,11 +130,12 @@ def _attention(job: Job) -> dict[str, Any] | None:
 
 def compared_jobs(jobs: list[Job], key: str | None) -> tuple[list[Job], str]:
     """The jobs whose attention is compared: all of them, or where a number is swept,
-    those at the value nearest 10 (DictionaryLookup's default k); and a caption."""
+    those at its middle value (the lower median: k = 10 of 5, 10, 15, 20); and a
+    caption."""
     if key is None:
         return jobs, ""
     values = sorted({_value(j, key) for j in jobs})
-    chosen = min(values, key=lambda v: (abs(v - 10), v))
+    chosen = values[(len(values) - 1) // 2]
     return [j for j in jobs if _value(j, key) == chosen], f"{key}={chosen:g}"
 
 
@@ -172,7 +163,7 @@ def static_figure(jobs: list[Job], key: str | None, path: Path) -> Path | None:
         for li, heads in enumerate(shape):
             for h in range(heads):
                 values = [r[li][h] for r in runs if not math.isnan(r[li][h])]
-                m, sd = _mean_std(values)
+                m, sd = mean_std(values)
                 x.append(position)
                 heights.append(m)
                 errors.append(sd)
@@ -191,10 +182,8 @@ def static_figure(jobs: list[Job], key: str | None, path: Path) -> Path | None:
         if label:
             ax.annotate(label, (xi, 0.02), ha="center", va="bottom", fontsize=5,
                         rotation=90, color="white")  # fmt: skip
-    ax.axhline(1.0, ls="--", color="black", lw=1, label="1 = static (GAT, by theorem)")
-    ax.axhline(0.5, ls=":", color="gray", lw=1, label="0.5 = unrelated rankings")
+    static_references(ax)
     ax.set_xticks([c for c, _ in centres], [t for _, t in centres], fontsize=7)
-    ax.set_ylim(0, 1.25)
     ax.set_ylabel("share of shared-neighbour pairs ranked alike")
     where = f" — {caption}" if caption else ""
     ax.set_title(
@@ -226,12 +215,9 @@ def matrix_figure(jobs: list[Job], key: str | None, path: Path) -> Path | None:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False)
     for ax, (name, (job, matrix)) in zip(axes[0], panels.items(), strict=True):
-        a = matrix["alpha"].numpy()
-        image = ax.imshow(a, cmap="viridis", vmin=0, vmax=1)
+        image = draw_matrix(ax, matrix["alpha"], vmax=1.0)
         acc = 100 * float(job.metrics["test/acc"])
         ax.set_title(f"{name}\nseed {job.metrics.get('seed')}: test acc {acc:.1f} %", fontsize=9)
-        ax.set_xlabel("neighbour (key–value node)")
-        ax.set_ylabel("query")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="attention α (layer 1)")
     where = f" ({caption})" if caption else ""
     fig.suptitle(

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+from gnn_attn.analysis.attention_plots import draw_matrix, first_graph_matrix, static_references
 from gnn_attn.analysis.graph import (
     attended_degree,
     attention_entropy,
@@ -147,7 +148,7 @@ class AttentionAnalysis(PictureCallback):
         pictures = {"attention_summary": p1, "attention_node": p2}
         if matrix is not None:
             path = self.output_dir / "attention_matrix.png"
-            draw_matrix(matrix, path, f"{title}: layer 1 attention of one test graph")
+            draw_matrix_figure(matrix, path, f"{title}: layer 1 attention of one test graph")
             pictures["attention_matrix"] = path
         self.publish(trainer, pictures)
 
@@ -328,10 +329,8 @@ def static_panel(ax: Any, static: list[StaticScore]) -> None:
     for xi, v in zip(x, values, strict=True):
         ax.annotate("n/a" if v != v else f"{v:.3f}", (xi, min(v, 1.0) if v == v else 0.0),
                     ha="center", va="bottom", fontsize=7)  # fmt: skip
-    ax.axhline(1.0, ls="--", color="black", lw=1, label="1 = static (GAT by theorem)")
-    ax.axhline(0.5, ls=":", color="gray", lw=1, label="0.5 = unrelated rankings")
+    static_references(ax)
     ax.set_xticks(x, names, fontsize=7)
-    ax.set_ylim(0, 1.12)
     ax.legend(fontsize=7, loc="lower right")
     sampled = sum(s.compared for s in static)
     ax.set_title(
@@ -340,39 +339,14 @@ def static_panel(ax: Any, static: list[StaticScore]) -> None:
     )
 
 
-def first_graph_matrix(data: Data, edge_index: Tensor, alpha: Tensor) -> dict[str, Tensor]:
-    r"""The attention (mean over heads) of the first graph of a batch of graphs: its
-    scored nodes (``test_mask``, rows) × the other nodes with an edge into them
-    (columns, self-loops left out), both in node order. Returns ``alpha`` :math:`(R, C)`
-    (0 where there is no edge), ``rows`` :math:`(R,)` and ``cols`` :math:`(C,)` (node
-    ids within the graph)."""
-    first = (data.batch == 0).cpu()
-    rows = torch.nonzero(first & data.test_mask.cpu()).view(-1)
-    src, dst = edge_index
-    into = torch.isin(dst, rows) & (src != dst)
-    cols = torch.unique(src[into])
-    matrix = torch.zeros(rows.numel(), cols.numel())
-    r = torch.searchsorted(rows, dst[into])
-    c = torch.searchsorted(cols, src[into])
-    matrix[r, c] = alpha[into].mean(dim=1)
-    return {"alpha": matrix, "rows": rows, "cols": cols}
-
-
-def draw_matrix(matrix: dict[str, Tensor], path: Path, title: str, ax: Any = None) -> None:
-    """Heat map of :func:`first_graph_matrix`'s ``alpha``; alone into ``path``, or into
-    ``ax`` (then nothing is saved)."""
+def draw_matrix_figure(matrix: dict[str, Tensor], path: Path, title: str) -> None:
+    """:func:`~gnn_attn.analysis.attention_plots.draw_matrix` alone into ``path``."""
     import matplotlib.pyplot as plt
 
-    alone = ax is None
-    if alone:
-        fig, ax = plt.subplots(figsize=(6.4, 5.6))
-    a = matrix["alpha"].numpy()
-    image = ax.imshow(a, cmap="viridis", vmin=0, vmax=max(float(a.max()), 1e-6))
-    ax.set_xlabel("neighbour (key–value node for DictionaryLookup)")
-    ax.set_ylabel("query (scored node)")
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    image = draw_matrix(ax, matrix["alpha"])
     ax.set_title(title, fontsize=9)
     plt.colorbar(image, ax=ax, shrink=0.8, label="attention α")
-    if alone:
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

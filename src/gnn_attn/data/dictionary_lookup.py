@@ -89,8 +89,8 @@ class DictionaryLookupDataModule(GraphSetDataModule):
     r"""The DictionaryLookup graphs (:func:`lookup_graph`) of
     :math:`G = \min(k!, \text{num\_graphs})` permutations (:func:`lookup_permutations`),
     split by graph into train / val / test (``split`` fractions of :math:`G`), generated
-    once per setting and cached on disk (``<cache_dir>/lookup-k<k>-<hash>.pt``, the
-    permutations and the split).
+    once per setting and cached on disk (``<cache_dir>/lookup-k<k>-<hash>.pt``: the
+    permutations, in their seeded order; the split cuts that order).
 
     Args:
         k: keys per graph (≥ 2; :math:`k!` must allow one graph per split, so ≥ 3).
@@ -127,7 +127,7 @@ class DictionaryLookupDataModule(GraphSetDataModule):
                 f"k={k} allows only {graphs} distinct graphs ({k}! permutations of the "
                 "values); the split by graph needs one per split, so k ≥ 3"
             )
-        if sum(split_sizes(graphs, fractions)) > graphs or split_sizes(graphs, fractions)[0] < 1:
+        if split_sizes(graphs, fractions)[0] < 1:
             raise ValueError(
                 f"{graphs} graphs cannot be split {list(split)} with one graph or more per "
                 "split; raise num_graphs or k"
@@ -147,7 +147,8 @@ class DictionaryLookupDataModule(GraphSetDataModule):
         return [f"value {v}" for v in range(self.k)]
 
     def prepare_data(self) -> None:
-        """Draw and cache the permutations once (rank 0 only under DDP)."""
+        """Draw and cache the permutations once (every DDP rank may call it: the file is
+        written atomically, and a rank that finds it reads it)."""
         if self.cache_file.is_file():
             return
         started = time.perf_counter()

@@ -13,6 +13,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
 from gnn_attn.data.base import node_degree
+from gnn_attn.errors import UserError
 
 STAGES = ("train", "val", "test")
 
@@ -168,6 +169,11 @@ class GraphSetDataModule(L.LightningDataModule):
         world = self.trainer.world_size if self.trainer is not None else 1
         if world == 1:
             return DataLoader(graphs, batch_size=self.eval_batch_size)
+        if len(graphs) < world:
+            raise UserError(
+                f"{len(graphs)} {stage} graphs cannot be shared out between {world} "
+                "processes (each needs one); generate more graphs or use fewer processes"
+            )
         share = RankShare(len(graphs), self.trainer.global_rank, world)
         return DataLoader(graphs, batch_size=self.eval_batch_size, sampler=share)
 

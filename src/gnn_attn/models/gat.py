@@ -134,6 +134,11 @@ class GAT(LayerStack):
                 "out_heads is for readout=attention (a linear read-out has no heads); "
                 "set out_heads=1 or readout=attention"
             )
+        if readout == "linear" and residual:
+            raise ValueError(
+                "residual=true is not built for readout=linear (the read-out would get "
+                "a residual path of its own); set residual=false or readout=attention"
+            )
         linear = readout == "linear"
         n_hidden = num_layers if linear else num_layers - 1
         heads_l = per_layer(heads, n_hidden, "heads")

@@ -222,16 +222,20 @@ class NodeClassifier(L.LightningModule):
         """``{stage}/loss`` and ``{stage}/acc`` of a batch (or of batches, on the module's
         device) in eval mode, outside a Trainer, with the arithmetic of an epoch's metrics
         (a stacked member is tested this way: its numbers are those ``eval.py`` gets
-        from its checkpoint)."""
+        from its checkpoint). Under DDP each rank passes its share of the batches and
+        the sums are added over the ranks, as at an epoch's end."""
         was_training = self.training
         self.eval()
         try:
             for batch in [batches] if isinstance(batches, Data) else batches:
                 self._step(batch, stage)
-            sums, n = self._sums.pop(stage)
+            sums, n = self._sums.pop(stage, (torch.zeros(2, device=self.device), 0))
         finally:
             self.train(was_training)
-        return {k: float(v) for k, v in _means(stage, *sums.tolist(), float(n)).items()}
+        total = torch.cat([sums, sums.new_tensor([n])])
+        if self._trainer is not None and self.trainer.world_size > 1:
+            total = self.trainer.strategy.reduce(total.clone(), reduce_op="sum")
+        return {k: float(v) for k, v in _means(stage, *total.tolist()).items()}
 
     def _publish(self, metrics: dict[str, Tensor]) -> None:
         """One epoch's metrics to the callbacks and the loggers (see the class doc)."""

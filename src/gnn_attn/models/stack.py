@@ -144,11 +144,12 @@ class LayerStack(nn.Module):
         :math:`L` outputs only the nodes within :math:`r = \min(H, L-1-i)` hops of the
         seeds, from the edges of hops :math:`1..r+1`; both are prefixes of the batch's
         nodes and edges. ``attention``: a list that receives each layer's weights."""
-        n_layers, n_graph = len(self.layers), self.receptive_hops
-        for i in range(upto):
+        n_layers = len(self.layers)
+        n_trim = sum(not isinstance(layer, Readout) for layer in self.layers)  # a read-out
+        for i in range(upto):  # takes the last trimmed layer's rows (the seeds)
             n_out = None
-            if hops is not None and self.trims and i < n_graph:
-                n_out, edge_index = trim(hops, i, n_graph, edge_index)
+            if hops is not None and self.trims and i < n_trim:
+                n_out, edge_index = trim(hops, i, n_trim, edge_index)
             layer = self.layers[i]
             x = self._input(i, h)
             if not self.graph_layers or isinstance(layer, Readout):

@@ -15,6 +15,7 @@ and the job's ``error.json`` in a sweep, whose other jobs go on.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,11 @@ from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException, ValidationError
+from omegaconf.errors import (
+    InterpolationResolutionError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from gnn_attn.config import conf_dir
 from gnn_attn.errors import (
@@ -170,6 +175,8 @@ def check_command_line(argv: list[str], config_name: str) -> None:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             for job in jobs:
                 cfg = compose(config_name, overrides=job, return_hydra_config=True)
+                if "model" in cfg:  # its resolvers (e.g. per_head) check their arguments
+                    OmegaConf.to_container(cfg.model, resolve=True)
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(describe(err)) from err
     missing = [k for k in cfg if k != "hydra" and OmegaConf.is_missing(cfg, k)]
@@ -225,6 +232,13 @@ def describe(err: BaseException) -> str:
             return (
                 f"{cause.full_key}: {msg}; check the value (python train.py --cfg job shows them)"
             )
+        refused = re.match(
+            r"(?:ValueError|TypeError) raised while resolving interpolation: "
+            r"(.*?)(?: full_key:.*)?$",
+            " ".join(str(getattr(cause, "msg", "")).split()),
+        )
+        if isinstance(cause, InterpolationResolutionError) and refused:
+            return f"{cause.full_key}: {refused.group(1)}"  # a resolver refused its arguments
         cause = cause.__cause__
     text = " ".join(str(err).split())
     return f"{text[:300]}; check the spelling (python train.py --cfg job lists the keys)"

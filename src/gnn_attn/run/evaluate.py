@@ -9,11 +9,12 @@ from omegaconf import DictConfig
 
 from gnn_attn.console import quiet
 from gnn_attn.run.build import build_data_and_model, build_node, load_run_config
-from gnn_attn.run.train import write_json
+from gnn_attn.run.train import fit_of_selected, write_json
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Rebuild data and model from the checkpoint's config; validate and test it.
+    """Rebuild data and model from the checkpoint's config; validate and test it, and
+    score its training nodes (``train/acc``, ``train/loss``).
 
     The data paths come from the current config (``paths.*``), so a checkpoint still
     evaluates after the checkout moved. Writes ``<output_dir>/eval_metrics.json``.
@@ -35,6 +36,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     val = trainer.validate(module, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False)
     test = trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False)
+    fit = fit_of_selected(module, datamodule)  # the module holds the checkpoint's weights
     metrics = {
         "dataset": datamodule.name,
         "model": run_cfg.model.name,
@@ -43,6 +45,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "val/loss": float(val[0]["val/loss"]),
         "test/acc": float(test[0]["test/acc"]),
         "test/loss": float(test[0]["test/loss"]),
+        **fit,
         "checkpoint": str(ckpt_path),
     }
     out_dir = Path(cfg.paths.output_dir)
