@@ -37,7 +37,7 @@ def draw_matrix(ax: Any, alpha: Tensor, vmax: float | None = None) -> Any:
     a = alpha.numpy()
     top = vmax if vmax is not None else max(float(a.max()), 1e-6)
     image = ax.imshow(a, cmap="viridis", vmin=0, vmax=top)
-    ax.set_xlabel("neighbour (key–value node for DictionaryLookup)")
+    ax.set_xlabel("neighbour")
     ax.set_ylabel("query (scored node)")
     return image
 

@@ -216,6 +216,7 @@ def matrix_figure(jobs: list[Job], key: str | None, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False)
     for ax, (name, (job, matrix)) in zip(axes[0], panels.items(), strict=True):
         image = draw_matrix(ax, matrix["alpha"], vmax=1.0)
+        ax.set_xlabel("neighbour (key–value node)")
         acc = 100 * float(job.metrics["test/acc"])
         ax.set_title(f"{name}\nseed {job.metrics.get('seed')}: test acc {acc:.1f} %", fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="attention α (layer 1)")

@@ -345,6 +345,7 @@ def draw_matrix_figure(matrix: dict[str, Tensor], path: Path, title: str) -> Non
 
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
     image = draw_matrix(ax, matrix["alpha"])
+    ax.set_xlabel("neighbour (key–value node for DictionaryLookup)")
     ax.set_title(title, fontsize=9)
     plt.colorbar(image, ax=ax, shrink=0.8, label="attention α")
     fig.tight_layout()
