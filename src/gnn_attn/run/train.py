@@ -247,7 +247,9 @@ def fit_of_selected(module: NodeClassifier, datamodule: Any) -> dict[str, float]
     if batches is None:
         return {}
     move = datamodule.transfer_batch_to_device
-    return module.score((move(b, module.device, 0) for b in batches("train")), "train")
+    # inference mode, as validate/test: a sampler they built holds inference tensors
+    with torch.inference_mode():
+        return module.score((move(b, module.device, 0) for b in batches("train")), "train")
 
 
 def publish(metrics: dict[str, Any], loggers: list, out_dir: Path) -> None:
