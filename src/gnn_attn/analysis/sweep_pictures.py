@@ -139,7 +139,9 @@ def compared_jobs(jobs: list[Job], key: str | None) -> tuple[list[Job], str]:
     return [j for j in jobs if _value(j, key) == chosen], f"{key}={chosen:g}"
 
 
-def static_figure(jobs: list[Job], key: str | None, path: Path) -> Path | None:
+def static_figure(
+    jobs: list[Job], key: str | None, path: Path, exports: dict[Path, dict[str, Any] | None]
+) -> Path | None:
     """Static-attention score per layer and head (mean ± std over seeds): one group of
     bars per series, one bar per layer and head; ``None`` when no job exported one."""
     plt = _pyplot()
@@ -147,7 +149,7 @@ def static_figure(jobs: list[Job], key: str | None, path: Path) -> Path | None:
     common = common_overrides(jobs)
     scores: OrderedDict[str, list[list[list[float]]]] = OrderedDict()  # series → seeds
     for job in chosen:
-        export = _attention(job)
+        export = exports.get(job.path)
         if export is None or not all("static" in layer for layer in export["layers"]):
             continue
         per_layer = [layer["static"]["per_head"] for layer in export["layers"]]
@@ -197,7 +199,9 @@ def static_figure(jobs: list[Job], key: str | None, path: Path) -> Path | None:
     return path
 
 
-def matrix_figure(jobs: list[Job], key: str | None, path: Path) -> Path | None:
+def matrix_figure(
+    jobs: list[Job], key: str | None, path: Path, exports: dict[Path, dict[str, Any] | None]
+) -> Path | None:
     """One graph's attention matrix (queries × neighbours) per series, side by side
     (each series' lowest seed); ``None`` when no job exported a matrix."""
     plt = _pyplot()
@@ -208,7 +212,7 @@ def matrix_figure(jobs: list[Job], key: str | None, path: Path) -> Path | None:
         name = series_of(job, key, common)
         if name in panels:
             continue
-        export = _attention(job)
+        export = exports.get(job.path)
         if export is not None and "matrix" in export:
             panels[name] = (job, export["matrix"])
     if not panels:
@@ -232,15 +236,19 @@ def matrix_figure(jobs: list[Job], key: str | None, path: Path) -> Path | None:
 
 
 def sweep_pictures(jobs: list[Job], sweep: Path) -> list[Path]:
-    """Whichever of the pictures above the sweep's jobs allow, written into ``sweep``."""
+    """Whichever of the pictures above the sweep's jobs allow, written into ``sweep``
+    (each compared job's ``attention.pt`` read once)."""
     written: list[Path] = []
     key = swept_number(jobs)
     done = [j for j in jobs if j.status == "ok"]
-    if key is not None and done:
+    if not done:
+        return written
+    if key is not None:
         written.append(accuracy_curve(done, key, sweep / f"accuracy_vs_{key}.png"))
+    exports = {j.path: _attention(j) for j in compared_jobs(done, key)[0]}
     for draw, name in ((static_figure, "static_attention.png"),
                        (matrix_figure, "attention_matrices.png")):  # fmt: skip
-        path = draw(done, key, sweep / name) if done else None
+        path = draw(done, key, sweep / name, exports)
         if path is not None:
             written.append(path)
     return written
