@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from gnn_attn.run.build import build_data_and_model
 from gnn_attn.run.stacked import HISTORY, MemberSelection, NotStackable, StackTrainer
 from gnn_attn.run.train import run
+from hydra_plugins.gnn_attn_stacked.stacked_launcher import StackedLauncher
 from tests.conftest import CONF, read_metrics, run_cli, sweep_overrides
 
 NO_DROPOUT = {
@@ -204,6 +205,27 @@ def test_selection_follows_the_paper_rule() -> None:
     assert sel.snapshot[0][:, 0].tolist() == [2.0, 1.0]
 
 
+def test_groups_larger_than_max_members_are_split(tmp_path: Path, cache_dir: Path) -> None:
+    proc = run_cli(
+        "train.py",
+        *sweep_overrides(tmp_path, cache_dir),
+        "hydra/launcher=stacked",
+        "hydra.launcher.max_members=2",
+        "model=gcn",
+        "data=cora",
+        "seed=0,1,2",
+        "trainer.max_epochs=5",
+    )
+    assert "3 jobs in 2 stacks" in proc.stdout and "seeds 0–1" in proc.stdout
+    assert "one seed (" in proc.stdout  # seed 2 alone: a lone job
+    assert all((tmp_path / str(job) / "metrics.json").is_file() for job in range(3))
+    # by default: stacks of 10 on the CPU
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["trainer=cpu"])
+    assert StackedLauncher()._stack_size(cfg) == 10
+    assert StackedLauncher(max_members=3)._stack_size(cfg) == 3
+
+
 def test_stacked_sweep_writes_every_job_and_repeats_exactly(
     tmp_path: Path, cache_dir: Path
 ) -> None:
@@ -222,6 +244,8 @@ def test_stacked_sweep_writes_every_job_and_repeats_exactly(
 
     first, out = sweep("a")
     assert "6 jobs in 2 stacks" in out and "stack of 3" in out
+    # the basic sweeper's place is taken by the one composing a job per group of seeds
+    assert "StackedSweeper" in (first / "multirun.yaml").read_text()
     second, _ = sweep("b")
     volatile = {"fit_seconds", "ms_per_epoch", "run_seconds", "stack", "checkpoint", "output_dir"}
     for job in range(6):

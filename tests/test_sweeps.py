@@ -44,6 +44,12 @@ def test_sweep_then_aggregate_matches_job_metrics(tmp_path: Path, cache_dir: Pat
     assert "| model | cora |" in md  # the paper layout: models × datasets
     mlp = next(r for r in result["rows"] if r.get("model") == "mlp")
     assert f"{100 * mlp['test/acc_mean']:.1f} ± {100 * mlp['test/acc_std']:.1f}" in md
+    # the 95 % interval of the mean: t(0.975, 1 degree of freedom) = 12.706 for two seeds
+    accs = [m["test/acc"] for m in metrics if m["model"] == "mlp"]
+    half = 12.7062 * statistics.stdev(accs) / 2**0.5
+    assert mlp["test/acc_ci95_low"] == pytest.approx(statistics.mean(accs) - half, abs=1e-4)
+    assert mlp["test/acc_ci95_high"] == pytest.approx(statistics.mean(accs) + half, abs=1e-4)
+    assert "95 % confidence interval" in md
     assert (tmp_path / "results.png").stat().st_size > 5_000
 
 

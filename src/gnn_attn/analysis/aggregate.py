@@ -4,7 +4,8 @@
 
 Jobs are grouped by their overrides minus ``seed``; each group reports ``n`` and
 mean ± std (sample std over seeds) of ``test/acc``, ``train/acc``, ``val/acc_best``,
-``epochs`` and ``fit_seconds``. Writes ``results.csv``, ``results.md`` (a paper-style
+``epochs`` and ``fit_seconds``, and the 95 % confidence interval of the mean test
+accuracy (Student's t over the seeds). Writes ``results.csv``, ``results.md`` (a paper-style
 table — rows = models, columns = datasets, cells ``83.1 ± 0.6`` — when the sweep has that
 shape, else one row per group) and ``results.png`` into the sweep dir, and prints the
 table; and the pictures of :mod:`gnn_attn.analysis.sweep_pictures` that the jobs allow
@@ -24,7 +25,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from gnn_attn.analysis.jobs import Job, find_jobs, mean_std, split_override
+from gnn_attn.analysis.jobs import Job, find_jobs, mean_interval, mean_std, split_override
 from gnn_attn.analysis.sweep_pictures import sweep_pictures
 from gnn_attn.errors import UserError, exits_cleanly
 
@@ -67,6 +68,8 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
         for m in METRICS:
             values = [float(j.metrics[m]) for j in done if m in j.metrics]
             row[f"{m}_mean"], row[f"{m}_std"] = mean_std(values)
+        accs = [float(j.metrics["test/acc"]) for j in done if "test/acc" in j.metrics]
+        row["test/acc_ci95_low"], row["test/acc_ci95_high"] = mean_interval(accs)
         rows.append(row)
     problems = [j for j in jobs if j.status != "ok"]
     _write_csv(sweep / "results.csv", rows)
@@ -141,7 +144,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 for d in datasets
             ]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        return "Test accuracy (%), mean ± std over seeds\n\n" + "\n".join(lines)
+        text = "Test accuracy (%), mean ± std over seeds\n\n" + "\n".join(lines)
+        if any(r["n"] > 1 for r in rows):
+            text += "\n\n" + _intervals(models, datasets, by)
+        return text
     lines = [
         "| group | n | test/acc (%) | train/acc (%) | val/acc_best (%) | epochs | fit s "
         "| ms/epoch | failed |",
@@ -158,6 +164,28 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         ]
         problems = r["failed"] + r["unfinished"] + r["interrupted"]
         lines.append(f"| {r['group']} | {r['n']} | {' | '.join(cells)} | {problems} |")
+    return "\n".join(lines)
+
+
+def _intervals(
+    models: list[str], datasets: list[str], by: dict[tuple[str, str], dict[str, Any]]
+) -> str:
+    """The paper layout's 95 % confidence intervals of the mean test accuracy."""
+    lines = [
+        "95 % confidence interval of the mean test accuracy (%), Student's t over the seeds",
+        "",
+        "| model | " + " | ".join(datasets) + " |",
+        "|---|" + "---|" * len(datasets),
+    ]
+    for m in models:
+        cells = []
+        for d in datasets:
+            row = by.get((m, d))
+            low = math.nan if row is None else row["test/acc_ci95_low"]
+            cells.append(
+                "–" if math.isnan(low) else f"{100 * low:.1f}–{100 * row['test/acc_ci95_high']:.1f}"
+            )
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

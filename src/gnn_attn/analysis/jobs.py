@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from scipy import stats
 
 ERROR_FILE = "error.json"
 METRICS_FILE = "metrics.json"
@@ -93,3 +94,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def mean_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    r"""The ``level`` confidence interval of the mean, Student's :math:`t` over the
+    :math:`n` values: :math:`\bar{x} \pm t_{(1+level)/2,\,n-1}\, s/\sqrt{n}` (NaN for
+    fewer than two values)."""
+    if len(values) < 2:
+        return math.nan, math.nan
+    mean, std = mean_std(values)
+    half = float(stats.t.ppf((1 + level) / 2, len(values) - 1)) * std / math.sqrt(len(values))
+    return mean - half, mean + half

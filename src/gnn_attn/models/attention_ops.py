@@ -7,9 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from gnn_attn.models.sparse import keep_mask
+
+EDGE_BLOCK = 1 << 18  # floats per block of :func:`dynamic_scores` without autograd (1 MiB)
 
 
 class AttentionGraph:
@@ -49,6 +52,35 @@ class AttentionGraph:
         if heads not in self._layouts:
             self._layouts[heads] = HeadLayout(self, heads)
         return self._layouts[heads]
+
+
+def dynamic_scores(
+    x_src: Tensor, x_dst: Tensor, att: Tensor, graph: AttentionGraph, negative_slope: float
+) -> Tensor:
+    r"""GATv2's edge scores without autograd (validation, test):
+
+    .. math::
+        e^k_{ij} = \mathbf{a}^{k\top}\mathrm{LeakyReLU}\big(\mathbf{x}^k_{s,j} +
+            \mathbf{x}^k_{d,i}\big)
+
+    for every edge :math:`j \to i` of ``graph``. The :math:`(E', K, C)` sums are made
+    in blocks of edges, in place, so that each block stays in the CPU's cache (~4× faster
+    than the whole expression at a stack's sizes, where it is tens of MB; the same values
+    to rounding). On a GPU one block.
+
+    Shapes: ``x_src``, ``x_dst`` :math:`(N, KC)`, ``att`` :math:`(K, C)` → :math:`(E', K)`.
+    """
+    k, c = att.shape
+    n_edges = graph.src.numel()
+    step = n_edges if x_src.is_cuda else max(1, EDGE_BLOCK // (k * c))
+    out = x_src.new_empty(n_edges, k)
+    for start in range(0, n_edges, step):
+        src, dst = graph.src[start : start + step], graph.dst[start : start + step]
+        z = x_src.index_select(0, src)
+        z += x_dst.index_select(0, dst)
+        F.leaky_relu_(z, negative_slope)
+        torch.sum(z.view(-1, k, c).mul_(att), -1, out=out[start : start + step])
+    return out
 
 
 def edge_softmax(e: Tensor, graph: AttentionGraph) -> Tensor:

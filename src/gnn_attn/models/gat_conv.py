@@ -10,7 +10,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn.inits import glorot, zeros
 
-from gnn_attn.models.attention_ops import AttendAggregate, AttentionGraph, edge_softmax
+from gnn_attn.models.attention_ops import (
+    AttendAggregate,
+    AttentionGraph,
+    dynamic_scores,
+    edge_softmax,
+)
 from gnn_attn.models.cache import GraphCache
 from gnn_attn.models.sparse import dropout, project, project_per_head
 
@@ -213,6 +218,9 @@ class FusedGATv2Conv(FusedAttentionConv):
         n, h, c = x.size(0), self.heads, self.out_channels
         proj = self._project(x) + self.lin_bias
         x_src, x_dst = proj[:, : h * c], proj[:, h * c :]
+        if not torch.is_grad_enabled():  # validation, test: in cache-sized blocks
+            e = dynamic_scores(x_src, x_dst, self.att.view(h, c), g, self.negative_slope)
+            return e, x_src.reshape(n, h, c)
         z = x_src.index_select(0, g.src) + x_dst.index_select(0, g.dst)
         e = F.leaky_relu(z, self.negative_slope) @ self._blocks(self.att)
         return e, x_src.reshape(n, h, c)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
-from gnn_attn.models.attention_ops import AttendAggregate, AttentionGraph
+from gnn_attn.models.attention_ops import AttendAggregate, AttentionGraph, dynamic_scores
 from gnn_attn.models.cache import GraphCache
 from gnn_attn.models.gat_conv import FusedAttentionConv, FusedGATv2Conv
 from gnn_attn.models.gcn import CachedGCNConv
@@ -225,9 +225,13 @@ class StackedGATConv(StackedLayer):
             hc = self.heads * c
             x_src = proj[..., :hc].reshape(n, k, c)
             x_dst = proj[..., hc:].reshape(n, k * c)
-            z = x_src.reshape(n, k * c).index_select(0, g.src) + x_dst.index_select(0, g.dst)
-            z = F.leaky_relu(z, self.negative_slope).view(-1, k, c)
-            e = (z * self.param("att").reshape(k, c)).sum(-1)
+            att = self.param("att").reshape(k, c)
+            if torch.is_grad_enabled():
+                z = x_src.reshape(n, k * c).index_select(0, g.src) + x_dst.index_select(0, g.dst)
+                z = F.leaky_relu(z, self.negative_slope).view(-1, k, c)
+                e = (z * att).sum(-1)
+            else:  # validation: in cache-sized blocks
+                e = dynamic_scores(x_src.reshape(n, k * c), x_dst, att, g, self.negative_slope)
         else:
             x_src = proj.reshape(n, k, c)
             a_src = (x_src * self.param("att_src").reshape(k, c)).sum(-1)  # (N, SH)

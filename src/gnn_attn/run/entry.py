@@ -56,7 +56,10 @@ def main(task: Task, config_name: str) -> None:
     with exits_cleanly():
         if config_name == "train":
             sys.argv[1:] = resume_in_place(sys.argv[1:], config_name)
-        check_command_line(sys.argv[1:], config_name)
+        sweeper = check_command_line(sys.argv[1:], config_name)
+        named = any(a.lstrip("+~").startswith("hydra/sweeper=") for a in sys.argv[1:])
+        if sweeper == "basic" and not named:  # the same sweep; it composes one job per seed
+            sys.argv.append("hydra/sweeper=stacked")  # group before launching, not every job
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)
     with exits_cleanly():  # an interrupt raised by a launcher (outside any job)
         app(lambda cfg: run_task(task, cfg))()
@@ -162,12 +165,13 @@ def threads_per_job(cfg: DictConfig) -> int | None:
     return max(1, cores // max(1, min(n_jobs, cores)))
 
 
-def check_command_line(argv: list[str], config_name: str) -> None:
+def check_command_line(argv: list[str], config_name: str) -> str | None:
     """Compose what ``argv`` asks for, as Hydra will, and raise :class:`UserError` with
     one line for the first problem. Runs with other flags (``--cfg``, ``--help``, ...)
-    and interval sweeps are left to Hydra."""
+    and interval sweeps are left to Hydra. Returns the sweep's ``hydra/sweeper`` choice
+    (``None`` for a single run or when left to Hydra)."""
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
-        return
+        return None
     overrides = [a for a in argv if not a.startswith("-")]
     multirun = len(overrides) < len(argv)
     try:
@@ -186,6 +190,7 @@ def check_command_line(argv: list[str], config_name: str) -> None:
     if key == "run" and cfg.hydra.runtime.choices.get("hydra/launcher") == "stacked":
         print("hydra/launcher=stacked stacks the seeds of a sweep (-m); this one run trains alone")
     _check_writable(Path(OmegaConf.select(cfg, f"hydra.{key}.dir")), f"hydra.{key}.dir")
+    return cfg.hydra.runtime.choices.get("hydra/sweeper") if key == "sweep" else None
 
 
 def probe_jobs(overrides: list[str]) -> list[list[str]]:

@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 class StackedLauncherConf:
     _target_: str = "hydra_plugins.gnn_attn_stacked.stacked_launcher.StackedLauncher"
     readout_every: int = 50  # epochs between the host's read-outs of a stack's metrics
-    max_members: int = 100  # larger groups are split into stacks of at most this many
+    # larger groups are split into stacks of at most this many; null: 100 on a GPU, 10 on
+    # the CPU (where ms per member-epoch is lowest near 10: docs/performance.md)
+    max_members: int | None = None
     cuda_graph: bool = True  # on a GPU: replay each epoch as a captured CUDA graph
     n_jobs: int = -1  # CPU: stacks trained at once in worker processes (-1: one per core)
 
@@ -76,12 +78,12 @@ class StackedLauncher(Launcher):
     def __init__(
         self,
         readout_every: int = 50,
-        max_members: int = 100,
+        max_members: int | None = None,
         cuda_graph: bool = True,
         n_jobs: int = -1,
     ) -> None:
         super().__init__()
-        self.readout_every, self.max_members = readout_every, max(1, int(max_members))
+        self.readout_every, self.max_members = readout_every, max_members
         self.cuda_graph, self.n_jobs = cuda_graph, n_jobs
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
@@ -102,22 +104,18 @@ class StackedLauncher(Launcher):
         groups: dict[tuple[str, ...], list[int]] = {}
         for i, overrides in enumerate(job_overrides):
             groups.setdefault(group_key(overrides), []).append(i)
-        stacks = [
-            members[k : k + self.max_members]
-            for members in groups.values()
-            for k in range(0, len(members), self.max_members)
-        ]
-        configs = {
-            tuple(members): self._stack_configs(
-                [job_overrides[i] for i in members], members, initial_job_idx
-            )
-            for members in stacks
-        }
+        configs: dict[tuple[int, ...], list[DictConfig]] = {}
+        for members in groups.values():
+            jobs = [job_overrides[i] for i in members]
+            cfgs = self._stack_configs(jobs, members, initial_job_idx)
+            size = self._stack_size(cfgs[0])
+            for k in range(0, len(members), size):
+                configs[tuple(members[k : k + size])] = cfgs[k : k + size]
         lone = [m for m in configs if len(m) == 1]
         stacked = [m for m in configs if len(m) > 1]
         workers = self._workers(configs[stacked[0]][0] if stacked else None, len(stacked))
         print(
-            f"stacked launcher: {len(job_overrides)} jobs in {len(stacks)} stacks"
+            f"stacked launcher: {len(job_overrides)} jobs in {len(configs)} stacks"
             + (f", {workers} at a time" if workers > 1 else ""),
             flush=True,
         )
@@ -147,6 +145,12 @@ class StackedLauncher(Launcher):
     def _task(self) -> TaskFunction:
         assert self.task_function is not None
         return self.task_function
+
+    def _stack_size(self, cfg: DictConfig) -> int:
+        """``max_members``, or by device: 100 on a GPU, 10 on the CPU."""
+        if self.max_members is not None:
+            return max(1, int(self.max_members))
+        return 100 if pick_device(cfg).type == "cuda" else 10
 
     def _workers(self, cfg: DictConfig | None, stacks: int) -> int:
         """Stacks trained at once: one on a GPU; on the CPU ``n_jobs`` processes (-1: one
