@@ -64,9 +64,9 @@ def dynamic_scores(
             \mathbf{x}^k_{d,i}\big)
 
     for every edge :math:`j \to i` of ``graph``. The :math:`(E', K, C)` sums are made
-    in blocks of edges, in place, so that each block stays in the CPU's cache (~4× faster
-    than the whole expression at a stack's sizes, where it is tens of MB; the same values
-    to rounding). On a GPU one block.
+    in blocks of edges, in place, so that each block stays in the CPU's cache (the
+    validation of ten stacked GATv2 on CiteSeer, where the whole tensor is 19 MB: 52–59 →
+    30–31 ms; the same values to rounding). On a GPU one block.
 
     Shapes: ``x_src``, ``x_dst`` :math:`(N, KC)`, ``att`` :math:`(K, C)` → :math:`(E', K)`.
     """
