@@ -13,6 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from gnn_attn.analysis.aggregate import aggregate
+from gnn_attn.run.entry import check_command_line, with_seed_group_sweeper
 from tests.conftest import CONF, run_cli, sweep_overrides
 
 
@@ -136,3 +137,23 @@ def test_aggregate_counts_unfinished_jobs(tmp_path: Path) -> None:
     assert result["jobs"] == 1 and len(result["problems"]) == 1
     assert math.isnan(result["rows"][0]["test/acc_mean"])
     assert "unfinished" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "sweeper", "added"),
+    [
+        (["-m", "seed=0,1"], "basic", True),
+        (["seed=0"], None, False),  # a single run: no sweeper
+        (["-m", "seed=0,1", "hydra/sweeper=basic"], "basic", False),  # named: kept
+        (["-m", "hparams_search=gat_optuna"], "optuna", False),
+        (["experiment=paper_table"], "stacked", False),  # a sweep by its config
+    ],
+)
+def test_sweeps_compose_one_job_per_seed_group_unless_a_sweeper_is_named(
+    tmp_path: Path, argv: list[str], sweeper: str | None, added: bool
+) -> None:
+    argv = [*argv, f"hydra.sweep.dir={tmp_path}", f"hydra.run.dir={tmp_path}"]
+    found = check_command_line(argv, "train")
+    assert found == sweeper
+    out = with_seed_group_sweeper(argv, found)
+    assert out == ([*argv, "hydra/sweeper=stacked"] if added else argv)

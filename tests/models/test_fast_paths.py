@@ -52,7 +52,15 @@ def test_fused_layer_equals_pyg(version: str, heads: int, concat: bool) -> None:
 def test_gatv2_without_autograd_equals_pyg(monkeypatch: pytest.MonkeyPatch, concat: bool) -> None:
     """Validation's path (no autograd: the edge scores made in blocks of edges, in
     place) gives PyG's outputs; a small block puts this graph's edges in many blocks."""
-    monkeypatch.setattr(attention_ops, "EDGE_BLOCK", 64)
+    monkeypatch.setattr(attention_ops, "EDGE_BLOCK", 320)  # 16 edges of 4 heads × 5
+    blocks = []
+    index_select = torch.Tensor.index_select
+
+    def counted(self: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+        blocks.append(index.numel())
+        return index_select(self, dim, index)
+
+    monkeypatch.setattr(torch.Tensor, "index_select", counted)
     torch.manual_seed(0)
     x, edge_index = random_graph()
     ref = GATv2Conv(30, 5, heads=4, concat=concat).eval()
@@ -64,6 +72,7 @@ def test_gatv2_without_autograd_equals_pyg(monkeypatch: pytest.MonkeyPatch, conc
         out_csr = fused(x.to_sparse_csr(), edge_index)
     assert torch.allclose(out_fused, out_ref, atol=1e-5)
     assert torch.allclose(out_csr, out_ref, atol=1e-5)
+    assert blocks.count(16) >= 2 * 10  # the scores' gathers, block by block (~200 edges)
 
 
 def assert_same_gradients(ref, out_ref, fused, out_fused, atol: float) -> None:

@@ -57,9 +57,7 @@ def main(task: Task, config_name: str) -> None:
         if config_name == "train":
             sys.argv[1:] = resume_in_place(sys.argv[1:], config_name)
         sweeper = check_command_line(sys.argv[1:], config_name)
-        named = any(a.lstrip("+~").startswith("hydra/sweeper=") for a in sys.argv[1:])
-        if sweeper == "basic" and not named:  # the same sweep; it composes one job per seed
-            sys.argv.append("hydra/sweeper=stacked")  # group before launching, not every job
+        sys.argv[1:] = with_seed_group_sweeper(sys.argv[1:], sweeper)
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)
     with exits_cleanly():  # an interrupt raised by a launcher (outside any job)
         app(lambda cfg: run_task(task, cfg))()
@@ -190,7 +188,27 @@ def check_command_line(argv: list[str], config_name: str) -> str | None:
     if key == "run" and cfg.hydra.runtime.choices.get("hydra/launcher") == "stacked":
         print("hydra/launcher=stacked stacks the seeds of a sweep (-m); this one run trains alone")
     _check_writable(Path(OmegaConf.select(cfg, f"hydra.{key}.dir")), f"hydra.{key}.dir")
-    return cfg.hydra.runtime.choices.get("hydra/sweeper") if key == "sweep" else None
+    if key != "sweep":
+        return None
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    if fixed != jobs[0]:  # Hydra builds the sweeper from the config without the swept values
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose(config_name, overrides=fixed, return_hydra_config=True)
+    return cfg.hydra.runtime.choices.get("hydra/sweeper")
+
+
+def with_seed_group_sweeper(argv: list[str], sweeper: str | None) -> list[str]:
+    """``argv`` with ``hydra/sweeper=stacked`` added when the sweep would use Hydra's
+    basic sweeper (``sweeper``, from :func:`check_command_line`) and the command line
+    names no sweeper: the same sweeper, except that before launching it composes one job
+    per group of jobs that differ only in ``seed`` instead of every job."""
+    if sweeper != "basic":
+        return argv
+    parsed = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    if any(o.key_or_group == "hydra/sweeper" for o in parsed):
+        return argv
+    return [*argv, "hydra/sweeper=stacked"]
 
 
 def probe_jobs(overrides: list[str]) -> list[list[str]]:

@@ -12,6 +12,7 @@ as Hydra's basic launcher does.
 import copy
 import io
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -108,7 +109,8 @@ class StackedLauncher(Launcher):
         for members in groups.values():
             jobs = [job_overrides[i] for i in members]
             cfgs = self._stack_configs(jobs, members, initial_job_idx)
-            size = self._stack_size(cfgs[0])
+            parts = math.ceil(len(members) / self._stack_size(cfgs[0]))
+            size = math.ceil(len(members) / parts)  # even parts: 11 seeds → 6 + 5, not 10 + 1
             for k in range(0, len(members), size):
                 configs[tuple(members[k : k + size])] = cfgs[k : k + size]
         lone = [m for m in configs if len(m) == 1]
