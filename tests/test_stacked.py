@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -205,16 +206,24 @@ def test_selection_follows_the_paper_rule() -> None:
     assert sel.snapshot[0][:, 0].tolist() == [2.0, 1.0]
 
 
-def test_groups_larger_than_max_members_are_split(tmp_path: Path, cache_dir: Path) -> None:
-    proc = run_cli(
+def stacked_sweep(
+    sweep_dir: Path, cache_dir: Path, *overrides: str, seeds: str = "0,1", epochs: int = 3
+) -> subprocess.CompletedProcess[str]:
+    """``train.py -m hydra/launcher=stacked data=cora seed=<seeds> <overrides>``."""
+    return run_cli(
         "train.py",
-        *sweep_overrides(tmp_path, cache_dir),
+        *sweep_overrides(sweep_dir, cache_dir),
         "hydra/launcher=stacked",
-        "hydra.launcher.max_members=2",
-        "model=gcn",
         "data=cora",
-        "seed=0,1,2",
-        "trainer.max_epochs=5",
+        f"seed={seeds}",
+        f"trainer.max_epochs={epochs}",
+        *overrides,
+    )
+
+
+def test_groups_larger_than_max_members_are_split(tmp_path: Path, cache_dir: Path) -> None:
+    proc = stacked_sweep(
+        tmp_path, cache_dir, "hydra.launcher.max_members=2", "model=gcn", seeds="0,1,2"
     )
     assert "3 jobs in 2 stacks" in proc.stdout and "seeds 0–1" in proc.stdout
     assert "one seed (" in proc.stdout  # seed 2 alone: a lone job
@@ -230,15 +239,8 @@ def test_stacked_sweep_writes_every_job_and_repeats_exactly(
     tmp_path: Path, cache_dir: Path
 ) -> None:
     def sweep(name: str) -> tuple[Path, str]:
-        proc = run_cli(
-            "train.py",
-            *sweep_overrides(tmp_path / name, cache_dir),
-            "hydra/launcher=stacked",
-            "model=gat,gcn",
-            "data=cora",
-            "seed=0,1,2",
-            "trainer.max_epochs=40",
-            "logger=csv",
+        proc = stacked_sweep(
+            tmp_path / name, cache_dir, "model=gat,gcn", "logger=csv", seeds="0,1,2", epochs=40
         )
         return tmp_path / name, proc.stdout
 
@@ -302,29 +304,12 @@ def test_a_set_of_graphs_does_not_stack(tmp_path: Path, cache_dir: Path) -> None
 
 
 def test_what_cannot_stack_says_so_and_runs_alone(tmp_path: Path, cache_dir: Path) -> None:
-    proc = run_cli(
-        "train.py",
-        *sweep_overrides(tmp_path / "s", cache_dir),
-        "hydra/launcher=stacked",
-        "model=gat",
-        "data=cora",
-        "seed=0,1",
-        "trainer.max_epochs=3",
-        "data.loader=neighbor",
-        "data.num_neighbors=[5,5]",
+    proc = stacked_sweep(
+        tmp_path / "s", cache_dir, "model=gat", "data.loader=neighbor", "data.num_neighbors=[5,5]"
     )
     assert "not stacked (data.loader=neighbor: stacks train full batch only)" in proc.stdout
     assert all((tmp_path / "s" / str(j) / "metrics.json").is_file() for j in range(2))
-    proc = run_cli(
-        "train.py",
-        *sweep_overrides(tmp_path / "r", cache_dir),
-        "hydra/launcher=stacked",
-        "model=gat",
-        "model.residual=true",
-        "data=cora",
-        "seed=0,1",
-        "trainer.max_epochs=3",
-    )
+    proc = stacked_sweep(tmp_path / "r", cache_dir, "model=gat", "model.residual=true")
     assert "not stacked (GAT with residual=true does not stack)" in proc.stdout
     assert "Traceback" not in proc.stderr
     proc = run_cli(
