@@ -12,7 +12,8 @@ import optuna
 import pytest
 from hydra import compose, initialize_config_dir
 
-from gnn_attn.analysis.aggregate import aggregate
+from gnn_attn.analysis.aggregate import METRICS, aggregate, markdown
+from gnn_attn.analysis.jobs import mean_interval
 from gnn_attn.run.entry import check_command_line, with_seed_group_sweeper
 from tests.conftest import CONF, run_cli, sweep_overrides
 
@@ -157,3 +158,13 @@ def test_sweeps_compose_one_job_per_seed_group_unless_a_sweeper_is_named(
     assert found == sweeper
     out = with_seed_group_sweeper(argv, found)
     assert out == ([*argv, "hydra/sweeper=stacked"] if added else argv)
+
+
+def test_group_table_gives_the_interval_of_the_mean() -> None:
+    row = {"group": "model.heads=2", "n": 3, "failed": 0, "unfinished": 0, "interrupted": 0}
+    for m in METRICS:
+        row[f"{m}_mean"], row[f"{m}_std"] = 0.5, 0.1
+    # mean 0.82, std 0.02, t(0.975, 2) = 4.303: 0.82 ± 0.0497
+    row["test/acc_ci95_low"], row["test/acc_ci95_high"] = mean_interval([0.80, 0.82, 0.84])
+    table = markdown([row])
+    assert "| 95 % interval |" in table and "| 77.0–87.0 |" in table
