@@ -117,7 +117,8 @@ class StackedLauncher(Launcher):
         stacked = [m for m in configs if len(m) > 1]
         workers = self._workers(configs[stacked[0]][0] if stacked else None, len(stacked))
         print(
-            f"stacked launcher: {len(job_overrides)} jobs in {len(configs)} stacks"
+            f"stacked launcher: {len(job_overrides)} jobs in {len(configs)} "
+            f"stack{'s' if len(configs) != 1 else ''}"
             + (f", {workers} at a time" if workers > 1 else ""),
             flush=True,
         )
