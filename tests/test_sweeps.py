@@ -144,6 +144,7 @@ def test_aggregate_counts_unfinished_jobs(tmp_path: Path) -> None:
     ("argv", "sweeper", "added"),
     [
         (["-m", "seed=0,1"], "basic", True),
+        (["-m", "model=gat,gcn", "seed=0,1"], "basic", True),  # a swept group: recomposed
         (["seed=0"], None, False),  # a single run: no sweeper
         (["-m", "seed=0,1", "hydra/sweeper=basic"], "basic", False),  # named: kept
         (["-m", "hparams_search=gat_optuna"], "optuna", False),

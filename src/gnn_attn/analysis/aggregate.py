@@ -68,8 +68,8 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
         for m in METRICS:
             values = [float(j.metrics[m]) for j in done if m in j.metrics]
             row[f"{m}_mean"], row[f"{m}_std"] = mean_std(values)
-        accs = [float(j.metrics["test/acc"]) for j in done if "test/acc" in j.metrics]
-        row["test/acc_ci95_low"], row["test/acc_ci95_high"] = mean_interval(accs)
+            if m == "test/acc":
+                row["test/acc_ci95_low"], row["test/acc_ci95_high"] = mean_interval(values)
         rows.append(row)
     problems = [j for j in jobs if j.status != "ok"]
     _write_csv(sweep / "results.csv", rows)

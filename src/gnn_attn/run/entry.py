@@ -175,8 +175,10 @@ def check_command_line(argv: list[str], config_name: str) -> str | None:
     try:
         jobs = probe_jobs(overrides)
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            composed = []
             for job in jobs:
                 cfg = compose(config_name, overrides=job, return_hydra_config=True)
+                composed.append(cfg)
                 if "model" in cfg:  # its resolvers (e.g. per_head) check their arguments
                     OmegaConf.to_container(cfg.model, resolve=True)
     except (HydraException, OmegaConfBaseException) as err:
@@ -190,12 +192,16 @@ def check_command_line(argv: list[str], config_name: str) -> str | None:
     _check_writable(Path(OmegaConf.select(cfg, f"hydra.{key}.dir")), f"hydra.{key}.dir")
     if key != "sweep":
         return None
+    # Hydra builds the sweeper from the config without the swept values: the first job's
+    # choice is it, unless a swept config group (e.g. experiment=a,b) could change it
     parsed = OverridesParser.create().parse_overrides(overrides)
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    if fixed != jobs[0]:  # Hydra builds the sweeper from the config without the swept values
+    swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
+    first = composed[0]
+    if swept & set(first.hydra.runtime.choices):
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose(config_name, overrides=fixed, return_hydra_config=True)
-    return cfg.hydra.runtime.choices.get("hydra/sweeper")
+            first = compose(config_name, overrides=fixed, return_hydra_config=True)
+    return first.hydra.runtime.choices.get("hydra/sweeper")
 
 
 def with_seed_group_sweeper(argv: list[str], sweeper: str | None) -> list[str]:
