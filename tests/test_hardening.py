@@ -32,7 +32,30 @@ BAD_INPUT = [
     (["trainer.max_epoch=5"], "Error: Could not override 'trainer.max_epoch'"),
     (["seed=abc"], "Error: seed: Value 'abc' of type 'str' could not be converted to Integer"),
     (["threads=two"], "Error: threads: Value 'two'"),
-    (["hydra.run.dir=/dev/null/run"], "Error: cannot write the output dir /dev/null/run"),
+    (
+        ["hydra.run.dir=/dev/null/run"],
+        "Error: cannot create the output dir /dev/null/run (/dev/null is not a folder)",
+    ),
+    (
+        ["hydra.run.dir=/proc/gnn_attn/run"],  # as root only the kernel says no
+        "Error: cannot create the output dir /proc/gnn_attn/run (No such file or directory)",
+    ),
+    # values against the types the constructors declare (Lightning's Trainer too)
+    (["trainer.max_epochs=abc"], "Error: trainer.max_epochs=abc: expected int | None"),
+    (["trainer.deterministic=maybe"], "Error: trainer.deterministic=maybe: expected bool"),
+    (["model.concat=maybe"], "Error: model.concat=maybe: expected bool | Sequence[bool]"),
+    (["data.normalize_features=maybe"], "Error: data.normalize_features=maybe: expected bool"),
+    (["data.batch_size='64'"], "Error: data.batch_size=64: expected int (an argument of"),
+    (["callbacks=tsne", "callbacks.tsne.max_nodes=many"], "Error: callbacks.tsne.max_nodes="),
+    (["logger=csv", "+logger.csv.flush_logs_every_n_steps=x"], "Error: logger.csv.flush_logs_"),
+    (["early_stopping.patience=soon"], "Error: early_stopping.patience=soon: expected int"),
+    # validation alone selects
+    (["optimized_metric=test/acc"], "Error: optimized_metric=test/acc would select on the test"),
+    (
+        ["early_stopping.monitors=[val/loss:min,test/acc:max]"],
+        "Error: early_stopping.monitors=test/acc would select on the test set",
+    ),
+    (["early_stopping.monitors=[val/acc]"], "Error: early_stopping.monitors entry 'val/acc'"),
     (["model.heads=0"], "Error: model.heads must be an integer ≥ 1 (got 0)"),
     (["model.hidden_channels=0"], "Error: model.hidden_channels must be an integer ≥ 1 (got 0)"),
     (["model.num_layers=0"], "Error: model.num_layers must be an integer ≥ 1 (got 0)"),
@@ -46,7 +69,7 @@ BAD_INPUT = [
     (["+model.heds=4"], "Error: model.heds is not an argument of gnn_attn.models.GAT"),
     (["early_stopping.patience=-1"], "Error: early_stopping.patience must be an integer ≥ 0"),
     (["ckpt_path=/nonexistent/last.ckpt"], "Error: checkpoint not found"),
-    (["model.dropout_per_head=maybe"], "Error: model.dropout_per_head must be true or false"),
+    (["model.dropout_per_head=maybe"], "Error: model.dropout_per_head=maybe: expected bool"),
     (
         ["model.impl=pyg", "model.feat_dropout=0", "model.dropout_per_head=true"],
         "Error: model.dropout_per_head needs impl=fused",
@@ -88,13 +111,13 @@ def test_constructor_errors_are_named_as_config_keys() -> None:
     """What a constructor says about its own argument, in the words of the config."""
     node = {
         "_target_": "gnn_attn.callbacks.EarlyStoppingCheckpoint",
-        "monitors": {},
+        "monitors": [],
         "dirpath": ".",
     }
     with pytest.raises(ValueError) as info:
-        EarlyStoppingCheckpoint(".", monitors={"val/acc": "up"})
+        EarlyStoppingCheckpoint(".", monitors=["val/acc:up"])
     err = config_error("early_stopping", node, info.value)
-    assert str(err).startswith("early_stopping.monitors.val/acc must be min or max (got up)")
+    assert str(err).startswith("early_stopping.monitors entry 'val/acc:up' must be")
     with pytest.raises(TypeError) as info:
         EarlyStoppingCheckpoint(".", monitor="val/acc")  # type: ignore[call-arg]
     err = config_error("early_stopping", node, info.value)

@@ -29,7 +29,15 @@ from gnn_attn.analysis.jobs import Job, find_jobs, mean_interval, mean_std, spli
 from gnn_attn.analysis.sweep_pictures import sweep_pictures
 from gnn_attn.errors import UserError, exits_cleanly
 
-METRICS = ("test/acc", "train/acc", "val/acc_best", "epochs", "fit_seconds", "ms_per_epoch")
+METRICS = (
+    "test/acc",
+    "test/f1_macro",
+    "train/acc",
+    "val/acc_best",
+    "epochs",
+    "fit_seconds",
+    "ms_per_epoch",
+)
 
 
 def group_key(job: Job) -> tuple[str, ...]:

@@ -1,4 +1,5 @@
 from gnn_attn.callbacks.attention import AttentionAnalysis
+from gnn_attn.callbacks.confusion import ConfusionMatrix
 from gnn_attn.callbacks.dataset_report import DatasetReport
 from gnn_attn.callbacks.degree_accuracy import DegreeAccuracy
 from gnn_attn.callbacks.predictions import NodePredictions
@@ -7,6 +8,7 @@ from gnn_attn.callbacks.tsne import TSNEPlot
 
 __all__ = [
     "AttentionAnalysis",
+    "ConfusionMatrix",
     "DatasetReport",
     "DegreeAccuracy",
     "EarlyStoppingCheckpoint",

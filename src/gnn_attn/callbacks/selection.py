@@ -34,6 +34,39 @@ def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
         os.close(folder)
 
 
+MODES = ("min", "max")
+
+
+def validation_only(key: str, metric: str) -> None:
+    """Refuse a test metric where something is selected (early stopping's monitors, a
+    sweeper's ``optimized_metric``): validation alone selects."""
+    if str(metric).split("/")[0] == "test":
+        raise ValueError(
+            f"{key}={metric} would select on the test set; validation alone selects: name a "
+            "val/ metric (val/acc_best, val/acc, val/loss)"
+        )
+
+
+def parse_monitors(monitors: list[str]) -> dict[str, str]:
+    """``[val/loss:min, val/acc:max]`` → ``{"val/loss": "min", "val/acc": "max"}``: each
+    entry a metric and whether smaller or larger is better. A list, so that an override
+    (``early_stopping.monitors=[val/acc:max]``) replaces the default instead of being
+    merged into it."""
+    parsed: dict[str, str] = {}
+    for entry in monitors:
+        name, _, mode = str(entry).rpartition(":")
+        if not name or mode not in MODES:
+            raise ValueError(
+                f"monitors entry '{entry}' must be <metric>:min or <metric>:max, e.g. "
+                "[val/acc:max]"
+            )
+        validation_only("monitors", name)
+        parsed[name] = mode
+    if not parsed:
+        raise ValueError("monitors is empty; name at least one, e.g. [val/acc:max]")
+    return parsed
+
+
 class EarlyStoppingCheckpoint(Callback):
     r"""Stop when no monitored validation metric improved for ``patience`` epochs, and
     keep the weights of the epoch where all of them were at their best.
@@ -63,7 +96,8 @@ class EarlyStoppingCheckpoint(Callback):
 
     Args:
         dirpath: folder for ``best.ckpt`` and ``last.ckpt``.
-        monitors: metric name → ``min`` or ``max`` (default ``val/loss: min, val/acc: max``).
+        monitors: ``<metric>:min`` or ``<metric>:max`` entries (default
+            ``[val/loss:min, val/acc:max]``); never a test metric.
         patience: validations without improvement before stopping (default 100); 0 turns
             early stopping off (the best model is still kept).
         save_last: write ``last.ckpt`` at the end of training.
@@ -72,15 +106,12 @@ class EarlyStoppingCheckpoint(Callback):
     def __init__(
         self,
         dirpath: str,
-        monitors: dict[str, str] | None = None,
+        monitors: list[str] | tuple[str, ...] = ("val/loss:min", "val/acc:max"),
         patience: int = 100,
         save_last: bool = True,
     ) -> None:
         super().__init__()
-        self.monitors = dict(monitors or {"val/loss": "min", "val/acc": "max"})
-        for name, mode in self.monitors.items():
-            if mode not in ("min", "max"):
-                raise ValueError(f"monitors.{name} must be min or max (got {mode})")
+        self.monitors = parse_monitors(monitors)
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise ValueError(f"patience must be an integer ≥ 0 (got {patience!r})")
         self.dirpath = Path(dirpath)

@@ -34,6 +34,7 @@ from gnn_attn.loggers import is_offline
 from gnn_attn.models import ModelSettings, NodeClassifier
 from gnn_attn.run.distributed import world_size
 from gnn_attn.run.sweep import is_multirun
+from gnn_attn.typecheck import check_call
 
 SETTINGS = tuple(f.name for f in fields(ModelSettings))
 
@@ -62,7 +63,9 @@ def config_error(key: str, node: Any, err: BaseException) -> UserError:
 
 def build_node(key: str, node: Any, **kwargs: Any) -> Any:
     """``instantiate(node, **kwargs)``, with the constructor's argument errors (and an
-    unimportable ``_target_``) as one :class:`UserError` naming ``key``."""
+    unimportable ``_target_``) as one :class:`UserError` naming ``key``. Every value is
+    first checked against the type the constructor declares (:mod:`gnn_attn.typecheck`)."""
+    check_call(key, node)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
     InterpolationResolutionError,
     OmegaConfBaseException,
     ValidationError,
 )
 
+from gnn_attn.callbacks.selection import parse_monitors, validation_only
 from gnn_attn.config import conf_dir
 from gnn_attn.errors import (
     UserError,
@@ -45,6 +47,7 @@ from gnn_attn.errors import (
     out_of_memory_error,
 )
 from gnn_attn.run.sweep import is_multirun, record_failure
+from gnn_attn.typecheck import check_config
 
 Task = Callable[[DictConfig], Any]
 
@@ -181,6 +184,8 @@ def check_command_line(argv: list[str], config_name: str) -> str | None:
                 composed.append(cfg)
                 if "model" in cfg:  # its resolvers (e.g. per_head) check their arguments
                     OmegaConf.to_container(cfg.model, resolve=True)
+                check_config(cfg)  # every constructor call against its signature
+                check_selection(cfg)
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(describe(err)) from err
     missing = [k for k in cfg if k != "hydra" and OmegaConf.is_missing(cfg, k)]
@@ -202,6 +207,22 @@ def check_command_line(argv: list[str], config_name: str) -> str | None:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             first = compose(config_name, overrides=fixed, return_hydra_config=True)
     return first.hydra.runtime.choices.get("hydra/sweeper")
+
+
+def check_selection(cfg: DictConfig) -> None:
+    """Validation alone selects: neither ``optimized_metric`` (what a sweeper optimises)
+    nor an early-stopping monitor may be a test metric."""
+    try:
+        if "optimized_metric" in cfg:
+            validation_only("optimized_metric", cfg.optimized_metric)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    monitors = OmegaConf.select(cfg, "early_stopping.monitors")
+    try:
+        if isinstance(monitors, ListConfig):
+            parse_monitors(list(monitors))
+    except ValueError as err:
+        raise UserError(f"early_stopping.{err}") from err
 
 
 def with_seed_group_sweeper(argv: list[str], sweeper: str | None) -> list[str]:
@@ -274,8 +295,22 @@ def describe(err: BaseException) -> str:
 
 
 def _check_writable(path: Path, key: str) -> None:
+    """Raise a :class:`UserError` naming ``path`` and the reason when the output dir
+    cannot be created or written: a folder is made and removed where it would start (the
+    operating system's answer, not a guess from permission bits: as root they rarely
+    stop anything, while ``/proc`` or a read-only mount still does)."""
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise UserError(f"cannot write the output dir {path}; choose another with {key}=<dir>")
+    reason = None
+    if not probe.is_dir():
+        reason = f"{probe} is not a folder"
+    else:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".gnn_attn_probe_", dir=probe))
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+    if reason:
+        raise UserError(
+            f"cannot create the output dir {path} ({reason}); choose another with {key}=<dir>"
+        )

@@ -45,6 +45,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "val/loss": float(val[0]["val/loss"]),
         "test/acc": float(test[0]["test/acc"]),
         "test/loss": float(test[0]["test/loss"]),
+        **module.test_summary(datamodule.class_names),
         **fit,
         "checkpoint": str(ckpt_path),
     }

@@ -466,6 +466,7 @@ class StackTrainer:
                 "seed": cfg.seed,
                 "test/acc": test["test/acc"],
                 "test/loss": test["test/loss"],
+                **module.test_summary(self.datamodule.class_names),
                 "train/acc": fit["train/acc"],
                 "train/loss": fit["train/loss"],
                 "val/acc": val["val/acc"],

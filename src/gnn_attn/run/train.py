@@ -214,6 +214,7 @@ def _run(cfg: DictConfig, out_dir: Path, started: float, phase: Phase) -> dict[s
         "seed": cfg.seed,
         "test/acc": float(test["test/acc"]),
         "test/loss": float(test["test/loss"]),
+        **module.test_summary(datamodule.class_names),
         **fit,
         "val/acc": float(val["val/acc"]),
         "val/loss": float(val["val/loss"]),

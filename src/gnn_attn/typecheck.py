@@ -1,0 +1,208 @@
+"""Every config value checked against the type its consumer declares.
+
+A config node with a ``_target_`` is a constructor call; the constructor's signature
+already says what each argument must be (``max_epochs: int | None`` in Lightning's
+``Trainer``, ``concat: bool`` in a backbone). :func:`check_node` reads those annotations
+(``typing.get_type_hints``, following ``**kwargs`` to the base class's constructor) and
+validates each value the config gives with pydantic's ``TypeAdapter``, the library's own
+validator of annotated types, so no list of keys is kept anywhere:
+
+    trainer.max_epochs=abc   →  Error: trainer.max_epochs=abc: expected int | None
+                                 (an argument of lightning.pytorch.trainer.trainer.Trainer) ...
+
+Values are validated as pydantic's lax mode reads Python values (an int is a float, a
+list is a tuple, a str is a ``Path``), with one rule stricter: a string is never read as
+a number or a boolean (``concat: maybe``, ``'5'``: a word where a number is wanted), since
+the constructor would receive the string itself. Annotations pydantic cannot express, and
+values that are interpolations not yet resolvable (``${hydra:runtime.output_dir}`` while
+composing), are left to the constructor.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from gnn_attn.errors import UserError
+
+_ANY = object()  # an annotation that admits every value (or one that cannot be checked)
+
+
+def check_config(cfg: DictConfig, skip: tuple[str, ...] = ("hydra",)) -> None:
+    """:func:`check_node` for every node of ``cfg`` that has a ``_target_`` (top-level
+    keys in ``skip`` left out: Hydra checks its own)."""
+    for key, node in target_nodes(cfg, skip):
+        check_node(key, node)
+
+
+def check_call(key: str, node: Any) -> None:
+    """:func:`check_node` for the constructor call ``node`` (config key ``key``) and
+    every constructor call nested in it."""
+    check_node(key, node)
+    if isinstance(node, dict):
+        node = OmegaConf.create(node)
+    for sub, inner in target_nodes(node):
+        check_node(f"{key}.{sub}", inner)
+
+
+def target_nodes(node: Any, skip: tuple[str, ...] = (), prefix: str = "") -> Iterator[tuple]:
+    """``(dotted key, node)`` for every ``_target_`` node under ``node``, outer first."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node and prefix:
+            yield prefix, node
+        items = node.items_ex(resolve=False)
+    elif isinstance(node, ListConfig):
+        items = ((str(i), v) for i, v in enumerate(node._iter_ex(resolve=False)))
+    else:
+        return
+    for key, value in items:
+        if prefix or str(key) not in skip:
+            yield from target_nodes(value, (), f"{prefix}.{key}" if prefix else str(key))
+
+
+def check_node(key: str, node: Any) -> None:
+    """Raise a :class:`UserError` for the first value of the constructor call ``node``
+    (config key ``key``) that does not have the type its ``_target_`` declares for it."""
+    if not isinstance(node, (dict, DictConfig)) or "_target_" not in node:
+        return
+    target = str(node["_target_"])
+    try:
+        declared = parameter_types(target)
+    except Exception:  # not importable: building it names the problem
+        return
+    for name in list(node.keys()):
+        name = str(name)
+        if name.startswith("_") or name not in declared or declared[name] is _ANY:
+            continue
+        value = _value(node, name)
+        if value is _ANY:
+            continue
+        problem = mismatch(declared[name], value)
+        if problem is not None:
+            raise UserError(
+                f"{key}.{name}={_show(value)}: expected {type_name(declared[name])} (an "
+                f"argument of {target}){problem}; pass {key}.{name}=<a value of that type>"
+            )
+
+
+def _value(node: Any, name: str) -> Any:
+    """The plain value of ``node[name]`` (a nested constructor call is checked on its
+    own), or ``_ANY`` when it cannot be known yet."""
+    if isinstance(node, DictConfig):
+        try:
+            raw = node._get_node(name)
+            if isinstance(raw, DictConfig) and "_target_" in raw:
+                return _ANY
+            if isinstance(raw, (DictConfig, ListConfig)):
+                return OmegaConf.to_container(raw, resolve=True)
+            return node[name]
+        except (OmegaConfBaseException, ValueError, KeyError):
+            return _ANY  # an interpolation not resolvable while composing
+    value = node[name]
+    return _ANY if isinstance(value, dict) and "_target_" in value else value
+
+
+def mismatch(annotation: Any, value: Any) -> str | None:
+    """``None`` when ``value`` has the type ``annotation`` (or pydantic cannot read the
+    annotation), else what is wrong: ``""``, or a short reason to append."""
+    adapter = _adapter(annotation)
+    if adapter is None:
+        return None
+    try:
+        result = adapter.validate_python(value)
+    except ValidationError:
+        return ""
+    except Exception:  # a validator that cannot take this value at all: the constructor's
+        return None
+    if isinstance(value, str) and isinstance(result, (bool, int, float)):
+        return ", not a string"
+    return None
+
+
+def type_name(annotation: Any) -> str:
+    """``int | None``, ``list[int] | str | int``: an annotation as one writes it."""
+    if annotation is type(None):
+        return "None"
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union or type(annotation).__name__ == "UnionType":
+        return " | ".join(type_name(a) for a in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(type_name(a) for a in args)}]" if args else name
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+@functools.cache
+def parameter_types(target: str) -> dict[str, Any]:
+    """The declared type of each keyword argument of ``target`` (an import path of a
+    class or function). For a class whose constructor takes ``**kwargs``, its bases'
+    constructors are read too (``PlanetoidDataModule`` passes ``loader`` to
+    ``NodeDataModule``). A parameter without a readable annotation admits anything."""
+    obj = get_object(target)
+    functions = []
+    if inspect.isclass(obj):
+        for klass in obj.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            functions.append(init)
+            params = inspect.signature(init).parameters.values()
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+    else:
+        functions.append(obj)
+    declared: dict[str, Any] = {}
+    for fn in functions:
+        hints = _hints(fn)
+        for i, (name, param) in enumerate(inspect.signature(fn).parameters.items()):
+            if i == 0 and inspect.isclass(obj):  # self
+                continue
+            if name in declared or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+                continue
+            declared[name] = hints.get(name, _ANY)
+    return declared
+
+
+def _hints(fn: Any) -> dict[str, Any]:
+    """``fn``'s annotations, evaluated; one that cannot be evaluated (a name imported
+    only for type checkers) is left out."""
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:
+        pass
+    hints = {}
+    module = inspect.getmodule(fn)
+    namespace = vars(module) if module else {}
+    for name, ann in getattr(fn, "__annotations__", {}).items():
+        try:
+            hints[name] = eval(ann, namespace) if isinstance(ann, str) else ann
+        except Exception:
+            continue
+    return hints
+
+
+@functools.cache
+def _adapter(annotation: Any) -> TypeAdapter | None:
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return None
+    try:
+        return TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True))
+    except Exception:  # pydantic has no schema for it: the constructor checks
+        return None
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else repr(value)
