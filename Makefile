@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 ARGS   ?=
 
-.PHONY: install train test lint format clean bench bench-scale table paper-table
+.PHONY: install train test test-fast lint format clean bench bench-scale table paper-table
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ train: install
 
 test: install
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# The edit loop: every test but those marked slow (CI runs all of `make test`).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/bench.py $(ARGS)

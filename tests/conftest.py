@@ -1,11 +1,17 @@
-"""Shared fixtures: the repo, W&B offline in temp dirs, and the real CLI as a subprocess."""
+"""Shared fixtures: the repo, W&B offline in temp dirs, and the real CLI: in this process
+(:func:`run_entry`) or, where the command line itself is under test, as a subprocess
+(:func:`run_cli`)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -61,6 +67,93 @@ def run_cli(
             f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
         )
     return proc
+
+
+def run_entry(
+    script: str,
+    *overrides: str,
+    cwd: Path | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """``python <script> <overrides>`` run in this process: the script's own entry
+    function (:func:`gnn_attn.run.entry.main` with its task, Hydra's real command line),
+    without the 5–6 s of a fresh interpreter's imports. What it prints is captured at the
+    file-descriptor level (worker processes included) and its ``SystemExit`` is the
+    return code, as :func:`run_cli` reports a subprocess; the process state it touches
+    (argv, environment, signal handlers, torch threads, working dir) is restored."""
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+
+    from gnn_attn.run import entry
+    from gnn_attn.run.evaluate import evaluate
+    from gnn_attn.run.train import train
+
+    task, config_name = {"train.py": (train, "train"), "eval.py": (evaluate, "eval")}[script]
+    saved = {
+        "argv": sys.argv,
+        "env": dict(os.environ),
+        "cwd": os.getcwd(),
+        "threads": torch.get_num_threads(),
+        "signals": {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)},
+        "streams": (sys.stdout, sys.stderr),
+    }
+    files = [tempfile.TemporaryFile() for _ in range(2)]  # noqa: SIM115 (closed below)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fds = [os.dup(1), os.dup(2)]
+    code = 0
+    try:
+        for fd, f in zip((1, 2), files, strict=True):
+            os.dup2(f.fileno(), fd)
+        sys.stdout, sys.stderr = (
+            io.TextIOWrapper(os.fdopen(os.dup(fd), "wb"), write_through=True) for fd in (1, 2)
+        )
+        os.environ.update({"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"})
+        os.environ.pop("PYTEST_CURRENT_TEST", None)
+        os.chdir(cwd or ROOT)
+        sys.argv = [str(ROOT / script), *overrides]
+        GlobalHydra.instance().clear()
+        with warnings.catch_warnings():  # printed to its stderr, as a fresh process would
+            warnings.simplefilter("always")
+            for category in (DeprecationWarning, PendingDeprecationWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)  # as Python's default filters
+            warnings.showwarning = _print_warning
+            try:
+                entry.main(task, config_name)
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, old in zip((1, 2), fds, strict=True):
+            os.dup2(old, fd)
+            os.close(old)
+        sys.stdout, sys.stderr = saved["streams"]
+        GlobalHydra.instance().clear()
+        sys.argv = saved["argv"]
+        os.environ.clear()
+        os.environ.update(saved["env"])
+        os.chdir(saved["cwd"])
+        torch.set_num_threads(saved["threads"])
+        for sig, handler in saved["signals"].items():
+            signal.signal(sig, handler)
+    texts = []
+    for f in files:
+        f.seek(0)
+        texts.append(f.read().decode(errors="replace"))
+        f.close()
+    out, err = texts
+    proc = subprocess.CompletedProcess([script, *overrides], code, out, err)
+    if check and code != 0:
+        raise AssertionError(
+            f"{script} {' '.join(overrides)} exited {code}\n"
+            f"--- stdout\n{out[-4000:]}\n--- stderr\n{err[-4000:]}"
+        )
+    return proc
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def start_train(*overrides: str) -> subprocess.Popen:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -23,19 +25,22 @@ def _script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str
     return proc
 
 
+@pytest.mark.slow
 def test_bench_compares_the_four_loops(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     args = ["--epochs", "3", "--reps", "1", "--models", "gat", "--datasets", "cora"]
+    args += ["--stack-sizes", "1", "2"]  # (e) as a stack of one and of two members
     proc = _script("bench.py", *args, "--out", str(out), cwd=ROOT)
     result = json.loads(out.read_text())
     (row,) = result["rows"]
     assert (row["dataset"], row["model"]) == ("cora", "gat")
-    for kind in ("article", "pyg_csr", "ours", "bare"):
+    for kind in ("article", "pyg_csr", "ours", "bare", "stacked1", "stacked2"):
         assert row[f"{kind}_ms"] > 0 and 0 <= row[f"{kind}_acc"] <= 1
     assert row["a_over_c"] == row["article_ms"] / row["ours_ms"]
     assert "(a) article" in proc.stdout  # the printed table
 
 
+@pytest.mark.slow
 def test_bench_scale_reports_both_modes_and_slopes(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     args = ["--sizes", "1500,3000", "--epochs", "2", "--cache-dir", str(tmp_path / "cache")]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import read_metrics, run_cli, sweep_overrides, train_overrides
+from tests.conftest import read_metrics, run_entry, sweep_overrides, train_overrides
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def lookup_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     runs = {}
     for model in ("gat", "gatv2"):
         out = base / model
-        run_cli("train.py", *train_overrides(
+        run_entry("train.py", *train_overrides(
             out, base / "cache", f"model={model}", "data=dictionary_lookup", "data.k=5",
             "trainer.max_steps=150", "callbacks=attention", "logger=none",
         ))  # fmt: skip
@@ -54,17 +54,18 @@ def _self_share(att: dict) -> torch.Tensor:
 
 def test_eval_reproduces_a_lookup_run(lookup_runs, tmp_path: Path) -> None:
     out = lookup_runs["gatv2"]
-    run_cli("eval.py", f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}",
+    run_entry("eval.py", f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}",
             f"hydra.run.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
             "trainer=cpu")  # fmt: skip
     evaluated = json.loads((tmp_path / "eval_metrics.json").read_text())
     assert evaluated["test/acc"] == pytest.approx(read_metrics(out)["test/acc"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_experiment_ends_with_its_table_and_pictures(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     overrides = [o for o in sweep_overrides(sweep, tmp_path / "cache") if o != "callbacks=none"]
-    proc = run_cli("train.py", *overrides, "experiment=dictionary_lookup",
+    proc = run_entry("train.py", *overrides, "experiment=dictionary_lookup",
                    "callbacks=attention", "data.k=3,4,5", "seed=0,1",
                    "+lookup_model=gat_1h,gatv2_1h", "trainer.max_steps=20")  # fmt: skip
     assert "accuracy_vs_data.k.png" in proc.stdout
@@ -77,16 +78,17 @@ def test_experiment_ends_with_its_table_and_pictures(tmp_path: Path) -> None:
     assert len(rows) == 6 and all("| 2 |" in r for r in rows)  # 2 seeds in every cell
 
 
+@pytest.mark.slow
 def test_ddp_shares_the_graphs_and_evaluates_each_once(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    run_cli("train.py", *train_overrides(
+    run_entry("train.py", *train_overrides(
         out, tmp_path / "cache", "trainer=ddp_cpu", "model=gatv2", "data=dictionary_lookup",
         "data.k=5", "data.split=[0.8,0.1,0.04]", "trainer.max_steps=30", "logger=none",
     ))  # fmt: skip
     trained = read_metrics(out)
     assert trained["processes"] == 2
     # 5 test graphs: 3 and 2 per rank (a padded sampler would score one twice)
-    run_cli("eval.py", f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}",
+    run_entry("eval.py", f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}",
             f"hydra.run.dir={tmp_path / 'eval'}", f"paths.cache_dir={tmp_path / 'cache'}",
             "trainer=cpu")  # fmt: skip
     evaluated = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())

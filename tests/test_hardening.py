@@ -17,7 +17,15 @@ from gnn_attn.errors import UserError, exits_cleanly
 from gnn_attn.run.build import config_error
 from gnn_attn.run.entry import check_command_line, run_task
 from gnn_attn.run.train import train
-from tests.conftest import CONF, ROOT, read_metrics, run_cli, start_train, train_overrides
+from tests.conftest import (
+    CONF,
+    ROOT,
+    read_metrics,
+    run_cli,
+    run_entry,
+    start_train,
+    train_overrides,
+)
 
 DATA = ROOT / "data" / "planetoid"
 
@@ -157,7 +165,7 @@ def test_bad_input_through_the_cli(tmp_path: Path, overrides, message: str) -> N
 
 
 def test_eval_without_a_checkpoint_is_one_line(tmp_path: Path) -> None:
-    proc = run_cli("eval.py", f"hydra.run.dir={tmp_path}", check=False)
+    proc = run_entry("eval.py", f"hydra.run.dir={tmp_path}", check=False)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("Error: ckpt_path: missing mandatory")
     assert "Traceback" not in proc.stderr
@@ -165,11 +173,11 @@ def test_eval_without_a_checkpoint_is_one_line(tmp_path: Path) -> None:
 
 def test_checkpoint_of_another_model_is_refused(tmp_path: Path, cache_dir: Path) -> None:
     first = tmp_path / "gcn"
-    run_cli(
+    run_entry(
         "train.py",
         *train_overrides(first, cache_dir, "model=gcn", "data=cora", "trainer.max_epochs=2"),
     )
-    proc = run_cli(
+    proc = run_entry(
         "train.py",
         *train_overrides(
             tmp_path / "gat",
@@ -198,7 +206,7 @@ def test_shipped_files_are_checked_against_sha256(tmp_path: Path) -> None:
 
 
 def test_diverging_training_stops_and_is_recorded(tmp_path: Path, cache_dir: Path) -> None:
-    proc = run_cli(
+    proc = run_entry(
         "train.py",
         *train_overrides(
             tmp_path, cache_dir, "model=mlp", "data=cora", "model.lr=1e30", "model.dropout=0"
@@ -213,7 +221,7 @@ def test_diverging_training_stops_and_is_recorded(tmp_path: Path, cache_dir: Pat
 
 
 def test_wandb_that_cannot_start_falls_back_to_csv(tmp_path: Path, cache_dir: Path) -> None:
-    proc = run_cli(
+    proc = run_entry(
         "train.py",
         *train_overrides(
             tmp_path,
@@ -279,7 +287,7 @@ def _comparable(metrics: dict) -> dict:
 def test_same_seed_same_numbers(tmp_path: Path, cache_dir: Path) -> None:
     runs = [tmp_path / "a", tmp_path / "b"]
     for run in runs:
-        run_cli(
+        run_entry(
             "train.py",
             *train_overrides(
                 run, cache_dir, "model=gat", "data=cora", "trainer.max_epochs=12", "seed=5"
@@ -292,9 +300,9 @@ def test_same_seed_same_numbers(tmp_path: Path, cache_dir: Path) -> None:
 def test_resume_is_exact(tmp_path: Path, cache_dir: Path) -> None:
     common = ["model=gat", "data=cora", "seed=2", "early_stopping.patience=1000"]
     whole, first, resumed = tmp_path / "whole", tmp_path / "first", tmp_path / "resumed"
-    run_cli("train.py", *train_overrides(whole, cache_dir, *common, "trainer.max_epochs=16"))
-    run_cli("train.py", *train_overrides(first, cache_dir, *common, "trainer.max_epochs=8"))
-    run_cli(
+    run_entry("train.py", *train_overrides(whole, cache_dir, *common, "trainer.max_epochs=16"))
+    run_entry("train.py", *train_overrides(first, cache_dir, *common, "trainer.max_epochs=8"))
+    run_entry(
         "train.py",
         *train_overrides(
             resumed,
@@ -312,7 +320,7 @@ def test_resume_is_exact(tmp_path: Path, cache_dir: Path) -> None:
 
 def test_misspelt_key_in_a_sweep_is_one_line_before_any_job(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = run_cli(
+    proc = run_entry(
         "train.py",
         "-m",
         f"hydra.sweep.dir={sweep}",
@@ -326,3 +334,21 @@ def test_misspelt_key_in_a_sweep_is_one_line_before_any_job(tmp_path: Path) -> N
     assert lines[-1].startswith("Error: Could not override 'trainer.max_epoch'"), lines
     assert "Traceback" not in proc.stderr
     assert not sweep.exists()  # no job started
+
+
+def test_a_file_of_the_run_dir_that_cannot_be_written_is_one_line(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """A write that fails inside the run dir (here a folder stands where metrics.json goes;
+    a full disk or a read-only mount alike) is one line naming the file and the reason."""
+    out = tmp_path / "out"
+    (out / "metrics.json").mkdir(parents=True)
+    proc = run_entry(
+        "train.py",
+        *train_overrides(out, cache_dir, "model=mlp", "data=cora", "trainer.max_epochs=2"),
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: cannot write {out / 'metrics.json'} (Is a directory)"), last
+    assert "Traceback" not in proc.stderr

@@ -18,7 +18,7 @@ import torch
 
 from gnn_attn.analysis.aggregate import aggregate
 from gnn_attn.callbacks.selection import EarlyStoppingCheckpoint
-from tests.conftest import ROOT, read_metrics, run_cli, start_train
+from tests.conftest import ROOT, read_metrics, run_entry, start_train
 
 COMMON = ["trainer=cpu", "print_config=false", "callbacks=none", "model=gat", "data=cora",
           "seed=5", "trainer.max_epochs=100", "early_stopping.patience=1000",
@@ -42,10 +42,11 @@ def _csv_epochs(run: Path) -> Counter:
         )
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_in_place_equals_an_unbroken_run(tmp_path: Path, cache_dir) -> None:
     cache = f"paths.cache_dir={cache_dir}"
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    run_cli("train.py", *COMMON, cache, f"hydra.run.dir={whole}")
+    run_entry("train.py", *COMMON, cache, f"hydra.run.dir={whole}")
     proc = start_train(*COMMON, cache, f"hydra.run.dir={broken}")
     last = broken / "checkpoints" / "last.ckpt"
     _wait_for(last, proc)  # the first periodic checkpoint (epoch 10)
@@ -55,7 +56,7 @@ def test_kill_9_then_resume_in_place_equals_an_unbroken_run(tmp_path: Path, cach
     killed_at = torch.load(last, weights_only=False)["epoch"]
     assert killed_at < 99
     # the resume continues in the run's own dir (no hydra.run.dir given)
-    cli = run_cli("train.py", *COMMON, cache, f"ckpt_path={last}")
+    cli = run_entry("train.py", *COMMON, cache, f"ckpt_path={last}")
     assert str(broken) in cli.stdout
     for name in ("last.ckpt", "best.ckpt"):
         a = torch.load(whole / "checkpoints" / name, weights_only=False)["state_dict"]
@@ -121,10 +122,11 @@ def test_signal_during_the_before_pictures_marks_the_run_interrupted(
     assert summary["rows"][0]["interrupted"] == 1 and summary["rows"][0]["failed"] == 0
 
 
+@pytest.mark.slow
 def test_ckpt_path_auto_resumes_the_unfinished_run(tmp_path: Path, cache_dir) -> None:
     logs = tmp_path / "outputs"
     args = ["trainer=cpu", "print_config=false", "callbacks=none", "model=gcn", "data=cora",
-            "trainer.max_epochs=400", "checkpoint.every_n_epochs=5",
+            "trainer.max_epochs=150", "checkpoint.every_n_epochs=5",
             f"paths.cache_dir={cache_dir}", f"paths.log_dir={logs}"]  # fmt: skip
     proc = start_train(*args)
     deadline = time.time() + 180
@@ -135,12 +137,12 @@ def test_ckpt_path_auto_resumes_the_unfinished_run(tmp_path: Path, cache_dir) ->
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
     (run_dir,) = [p.parent.parent for p in logs.glob("*/*/checkpoints/last.ckpt")]
-    cli = run_cli("train.py", *args, "ckpt_path=auto")
+    cli = run_entry("train.py", *args, "ckpt_path=auto")
     assert f"ckpt_path=auto: resuming {run_dir}" in cli.stdout
     assert read_metrics(run_dir)["epochs"] > 5
     assert not (run_dir / "interrupted.json").exists()
     # nothing unfinished is left: the same command starts a new run
-    cli = run_cli("train.py", *args, "ckpt_path=auto")
+    cli = run_entry("train.py", *args, "ckpt_path=auto")
     assert "starting a new one" in cli.stdout
     assert len(list(logs.glob("*/*/metrics.json"))) == 2
 
@@ -159,6 +161,7 @@ def _submitit_task(sweep: Path) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_preempted_submitit_job_requeues_and_resumes(tmp_path: Path, cache_dir) -> None:
     """hydra/launcher=local (submitit's local executor): the preemption signal submitit
     uses (SIGUSR2) → the job finishes its epoch, writes last.ckpt and is requeued by
@@ -167,7 +170,7 @@ def test_preempted_submitit_job_requeues_and_resumes(tmp_path: Path, cache_dir) 
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=local",
          f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache_dir}", "trainer=cpu",
-         "callbacks=none", "model=gcn", "data=cora", "seed=0", "trainer.max_epochs=1000",
+         "callbacks=none", "model=gcn", "data=cora", "seed=0", "trainer.max_epochs=400",
          "early_stopping.patience=0", "checkpoint.every_n_epochs=20"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -179,9 +182,9 @@ def test_preempted_submitit_job_requeues_and_resumes(tmp_path: Path, cache_dir) 
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     metrics = read_metrics(job)
-    assert metrics["epochs"] == 1000
+    assert metrics["epochs"] == 400
     first, second = metrics["parts"]  # the preempted part and the requeued one
-    assert second["first_epoch"] == first["last_epoch"] + 1 and second["last_epoch"] == 999
+    assert second["first_epoch"] == first["last_epoch"] + 1 and second["last_epoch"] == 399
     assert not (job / "interrupted.json").exists()
     logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*.out"))
     assert "requeued job: resuming from" in logs
@@ -189,11 +192,11 @@ def test_preempted_submitit_job_requeues_and_resumes(tmp_path: Path, cache_dir) 
 
 def test_a_truncated_last_ckpt_is_one_error_line_naming_it(tmp_path: Path, cache_dir) -> None:
     run = tmp_path / "run"
-    run_cli("train.py", *COMMON[:6], "trainer.max_epochs=3", f"paths.cache_dir={cache_dir}",
+    run_entry("train.py", *COMMON[:6], "trainer.max_epochs=3", f"paths.cache_dir={cache_dir}",
             f"hydra.run.dir={run}")  # fmt: skip
     last = run / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])  # cut short, as a full disk would
-    proc = run_cli("train.py", *COMMON[:6], f"paths.cache_dir={cache_dir}",
+    proc = run_entry("train.py", *COMMON[:6], f"paths.cache_dir={cache_dir}",
                    f"ckpt_path={last}", check=False)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -6,14 +6,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from gnn_attn.analysis.aggregate import aggregate
-from tests.conftest import read_metrics, run_cli, sweep_overrides, train_overrides
+from tests.conftest import read_metrics, run_entry, sweep_overrides, train_overrides
 
 
 def evaluate(run: Path, out: Path, cache_dir: Path) -> dict:
     """eval.py on a run's best checkpoint, in one process; its eval_metrics.json."""
     best = run / "checkpoints" / "best.ckpt"
-    run_cli("eval.py", f"ckpt_path={best}", f"hydra.run.dir={out}", f"paths.cache_dir={cache_dir}")
+    run_entry(
+        "eval.py", f"ckpt_path={best}", f"hydra.run.dir={out}", f"paths.cache_dir={cache_dir}"
+    )
     return json.loads((out / "eval_metrics.json").read_text())
 
 
@@ -22,7 +26,7 @@ TINY_SBM = ["data=synthetic", "data.num_nodes=2000", "data.batch_size=64", "mode
 
 def test_mini_batch_training_on_cora(tmp_path: Path, cache_dir: Path) -> None:
     out = tmp_path / "run"
-    proc = run_cli(
+    proc = run_entry(
         "train.py",
         *train_overrides(out, cache_dir, "data=cora", "model=gat"),
         "data.loader=neighbor",
@@ -38,10 +42,11 @@ def test_mini_batch_training_on_cora(tmp_path: Path, cache_dir: Path) -> None:
     assert evaluate(out, tmp_path / "eval", cache_dir)["test/acc"] == m["test/acc"]
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path: Path, cache_dir: Path) -> None:
     runs = tmp_path / "runs"
     out = runs / "ddp"
-    run_cli(
+    run_entry(
         "train.py",
         *train_overrides(out, cache_dir, *TINY_SBM),
         "trainer=ddp_cpu",
@@ -63,9 +68,10 @@ def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path: Path, cache_dir: Path
     assert e["val/acc"] == m["val/acc"]
 
 
+@pytest.mark.slow
 def test_sweep_through_submitit_local(tmp_path: Path, cache_dir: Path) -> None:
     sweep_dir = tmp_path / "sweep"
-    run_cli(
+    run_entry(
         "train.py",
         *sweep_overrides(sweep_dir, cache_dir),
         "hydra/launcher=local",
@@ -83,11 +89,12 @@ def test_sweep_through_submitit_local(tmp_path: Path, cache_dir: Path) -> None:
     assert (sweep_dir / "results.csv").is_file()
 
 
+@pytest.mark.slow
 def test_ddp_jobs_in_a_sweep_each_write_one_run(tmp_path: Path, cache_dir: Path) -> None:
     """Two DDP jobs in turn in one sweep process: each starts and ends its own process
     group, and the sweep holds exactly its two job dirs."""
     sweep_dir = tmp_path / "sweep"
-    run_cli(
+    run_entry(
         "train.py",
         *sweep_overrides(sweep_dir, cache_dir, trainer="ddp_cpu"),
         *TINY_SBM,

@@ -24,7 +24,7 @@ from gnn_attn.run.build import build_data_and_model
 from gnn_attn.run.stacked import HISTORY, MemberSelection, NotStackable, StackTrainer
 from gnn_attn.run.train import run
 from hydra_plugins.gnn_attn_stacked.stacked_launcher import StackedLauncher
-from tests.conftest import CONF, read_metrics, run_cli, sweep_overrides
+from tests.conftest import CONF, read_metrics, run_entry, sweep_overrides
 
 NO_DROPOUT = {
     "mlp": ["model.dropout=0"],
@@ -93,6 +93,7 @@ def test_member_follows_the_lone_run_of_its_seed(tmp_path: Path, cache_dir: Path
                 torch.testing.assert_close(grads[name], p.grad, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_stack_reaches_the_accuracy_of_separate_jobs(tmp_path: Path, cache_dir: Path) -> None:
     """Dropout on, 10 seeds of GAT on Cora for 200 epochs: the stack's mean test accuracy
     is within 1 point of the same 10 seeds trained as separate runs."""
@@ -210,7 +211,7 @@ def stacked_sweep(
     sweep_dir: Path, cache_dir: Path, *overrides: str, seeds: str = "0,1", epochs: int = 3
 ) -> subprocess.CompletedProcess[str]:
     """``train.py -m hydra/launcher=stacked data=cora seed=<seeds> <overrides>``."""
-    return run_cli(
+    return run_entry(
         "train.py",
         *sweep_overrides(sweep_dir, cache_dir),
         "hydra/launcher=stacked",
@@ -235,6 +236,7 @@ def test_groups_larger_than_max_members_are_split(tmp_path: Path, cache_dir: Pat
     assert StackedLauncher(max_members=3)._stack_size(cfg) == 3
 
 
+@pytest.mark.slow
 def test_stacked_sweep_writes_every_job_and_repeats_exactly(
     tmp_path: Path, cache_dir: Path
 ) -> None:
@@ -265,14 +267,14 @@ def test_stacked_sweep_writes_every_job_and_repeats_exactly(
         assert m1["val/acc_best"] == pytest.approx(max(accs))
     assert len({read_metrics(first / str(j))["test/acc"] for j in range(3)}) > 1  # own seeds
     job = first / "4"
-    evaluated = run_cli("eval.py", f"ckpt_path={job}/checkpoints/best.ckpt",
+    evaluated = run_entry("eval.py", f"ckpt_path={job}/checkpoints/best.ckpt",
                         f"hydra.run.dir={tmp_path / 'eval'}", "trainer=cpu")  # fmt: skip
     assert "test/acc" in evaluated.stdout
     again = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
     assert again["test/acc"] == read_metrics(job)["test/acc"]
     assert again["val/acc"] == read_metrics(job)["val/acc"]
     # a stacked member's best.ckpt holds weights only: no resume from it
-    proc = run_cli("train.py", f"ckpt_path={job}/checkpoints/best.ckpt", "model=gcn",
+    proc = run_entry("train.py", f"ckpt_path={job}/checkpoints/best.ckpt", "model=gcn",
                    "data=cora", check=False)  # fmt: skip
     assert proc.returncode == 2 and "weights only" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -312,7 +314,7 @@ def test_what_cannot_stack_says_so_and_runs_alone(tmp_path: Path, cache_dir: Pat
     proc = stacked_sweep(tmp_path / "r", cache_dir, "model=gat", "model.residual=true")
     assert "not stacked (GAT with residual=true does not stack)" in proc.stdout
     assert "Traceback" not in proc.stderr
-    proc = run_cli(
+    proc = run_entry(
         "train.py",
         "hydra/launcher=stacked",
         f"hydra.run.dir={tmp_path / 'one'}",

@@ -15,11 +15,11 @@ from hydra import compose, initialize_config_dir
 from gnn_attn.analysis.aggregate import METRICS, aggregate, markdown
 from gnn_attn.analysis.jobs import mean_interval
 from gnn_attn.run.entry import check_command_line, with_seed_group_sweeper
-from tests.conftest import CONF, run_cli, sweep_overrides
+from tests.conftest import CONF, run_entry, sweep_overrides
 
 
 def sweep(tmp: Path, cache: Path, *overrides: str, check: bool = True):
-    return run_cli("train.py", *sweep_overrides(tmp, cache), *overrides, check=check)
+    return run_entry("train.py", *sweep_overrides(tmp, cache), *overrides, check=check)
 
 
 def test_sweep_then_aggregate_matches_job_metrics(tmp_path: Path, cache_dir: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, read_metrics, run_cli, train_overrides
+from tests.conftest import ROOT, read_metrics, run_cli, run_entry, train_overrides
 
 METRIC_KEYS = {
     "dataset",
@@ -75,7 +75,7 @@ def test_run_writes_nothing_outside_its_output_dir(gat_run) -> None:
 
 def test_eval_reproduces_test_accuracy(gat_run, tmp_path: Path) -> None:
     out = gat_run[0]
-    proc = run_cli(
+    proc = run_entry(
         "eval.py",
         f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}",
         f"hydra.run.dir={tmp_path}",
@@ -91,7 +91,7 @@ def test_eval_reproduces_test_accuracy(gat_run, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("model", ["mlp", "gcn", "gatv2"])
 def test_each_backbone_trains_through_the_cli(model: str, tmp_path: Path, cache_dir: Path) -> None:
-    proc = run_cli(
+    proc = run_entry(
         "train.py",
         *train_overrides(
             tmp_path, cache_dir, f"model={model}", "data=cora", "trainer.max_epochs=5", "seed=3"
@@ -108,7 +108,7 @@ def test_each_backbone_trains_through_the_cli(model: str, tmp_path: Path, cache_
 
 
 def test_citeseer_default_run_prints_summary(tmp_path: Path, cache_dir: Path) -> None:
-    proc = run_cli("train.py", *train_overrides(tmp_path, cache_dir, "trainer.max_epochs=3"))
+    proc = run_entry("train.py", *train_overrides(tmp_path, cache_dir, "trainer.max_epochs=3"))
     m = read_metrics(tmp_path)
     assert (m["model"], m["dataset"]) == ("gatv2", "CiteSeer")
     assert "CiteSeer: 3327 nodes" in proc.stdout
@@ -116,7 +116,7 @@ def test_citeseer_default_run_prints_summary(tmp_path: Path, cache_dir: Path) ->
 
 
 def test_bad_checkpoint_path_is_one_line_error(tmp_path: Path) -> None:
-    proc = run_cli(
+    proc = run_entry(
         "eval.py",
         f"ckpt_path={tmp_path / 'nope.ckpt'}",
         f"hydra.run.dir={tmp_path / 'ev'}",
@@ -128,7 +128,7 @@ def test_bad_checkpoint_path_is_one_line_error(tmp_path: Path) -> None:
 
 
 def test_pubmed_offline_is_one_line_error(tmp_path: Path) -> None:
-    proc = run_cli(
+    proc = run_entry(
         "train.py",
         *train_overrides(
             tmp_path / "out",
@@ -180,3 +180,55 @@ def test_run_draws_every_picture(gat_run) -> None:
     assert m["attention/static_l1"] >= 0.999 and m["attention/static_l2"] >= 0.999
     assert len(att["layers"][0]["static"]["per_head"]) == 8
     assert 0 < m["train/acc"] <= 1
+
+
+def test_test_report_agrees_with_the_predictions(gat_run, tmp_path: Path) -> None:
+    """test/f1_macro and test/acc_per_class (torchmetrics) equal scikit-learn's on the
+    test rows of predictions.csv; eval.py reports the same; the confusion matrix is drawn."""
+    import csv
+
+    from sklearn.metrics import f1_score
+
+    out = gat_run[0]
+    m = read_metrics(out)
+    with (out / "predictions.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
+    labels = [int(r["label"]) for r in rows]
+    preds = [int(r["prediction"]) for r in rows]
+    assert m["test/f1_macro"] == pytest.approx(f1_score(labels, preds, average="macro"), abs=1e-6)
+    per_class = m["test/acc_per_class"]
+    assert len(per_class) == 7 and "Neural networks" in per_class
+    for name, acc in per_class.items():
+        mine = [p == y for p, y, r in zip(preds, labels, rows, strict=True) if r["class"] == name]
+        assert acc == pytest.approx(sum(mine) / len(mine), abs=1e-6), name
+    data = (out / "confusion_matrix.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    run_entry("eval.py", f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}",
+              f"hydra.run.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
+              "trainer=cpu")  # fmt: skip
+    evaluated = json.loads((tmp_path / "eval_metrics.json").read_text())
+    assert evaluated["test/f1_macro"] == pytest.approx(m["test/f1_macro"], abs=1e-6)
+    assert evaluated["test/acc_per_class"] == pytest.approx(per_class, abs=1e-6)
+
+
+def test_single_metric_selection_as_the_readme_gives_it(tmp_path: Path, cache_dir: Path) -> None:
+    """early_stopping.monitors=[val/acc:max] replaces the default pair: the run's
+    config.yaml holds it alone, and the selected epoch is the last with the best val/acc
+    (ties count as improvements), whatever val/loss did."""
+    import csv
+
+    import yaml
+
+    out = tmp_path / "run"
+    run_entry("train.py", *train_overrides(
+        out, cache_dir, "model=gcn", "data=cora", "trainer.max_epochs=60",
+        "early_stopping.monitors=[val/acc:max]",
+    ))  # fmt: skip
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["early_stopping"]["monitors"] == ["val/acc:max"]
+    with (out / "csv" / "metrics.csv").open() as f:
+        # the epochs' rows (validate() on best.ckpt adds a row without val/acc_best)
+        acc = [float(r["val/acc"]) for r in csv.DictReader(f) if r.get("val/acc_best")]
+    assert len(acc) == 60
+    best = max(acc)
+    assert read_metrics(out)["best_epoch"] == max(i for i, a in enumerate(acc) if a == best)

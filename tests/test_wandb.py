@@ -10,11 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import read_metrics, run_cli, train_overrides
+from tests.conftest import read_metrics, run_entry, train_overrides
 
 
 def test_wandb_offline_run_has_metrics_and_config(tmp_path: Path, cache_dir: Path) -> None:
-    cli = run_cli(
+    cli = run_entry(
         "train.py",
         *train_overrides(
             tmp_path,
@@ -77,7 +77,7 @@ def test_wandb_sweep_groups_its_runs_and_ends_with_a_summary_run(
     tmp_path: Path, cache_dir: Path
 ) -> None:
     sweep = tmp_path / "sweep"
-    cli = run_cli(
+    cli = run_entry(
         "train.py",
         "-m",
         f"hydra.sweep.dir={sweep}",

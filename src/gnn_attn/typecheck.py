@@ -39,33 +39,32 @@ _ANY = object()  # an annotation that admits every value (or one that cannot be 
 def check_config(cfg: DictConfig, skip: tuple[str, ...] = ("hydra",)) -> None:
     """:func:`check_node` for every node of ``cfg`` that has a ``_target_`` (top-level
     keys in ``skip`` left out: Hydra checks its own)."""
-    for key, node in target_nodes(cfg, skip):
-        check_node(key, node)
+    for key in target_keys(OmegaConf.to_container(cfg, resolve=False), skip):
+        check_node(key, OmegaConf.select(cfg, key))
 
 
 def check_call(key: str, node: Any) -> None:
     """:func:`check_node` for the constructor call ``node`` (config key ``key``) and
     every constructor call nested in it."""
     check_node(key, node)
-    if isinstance(node, dict):
-        node = OmegaConf.create(node)
-    for sub, inner in target_nodes(node):
-        check_node(f"{key}.{sub}", inner)
-
-
-def target_nodes(node: Any, skip: tuple[str, ...] = (), prefix: str = "") -> Iterator[tuple]:
-    """``(dotted key, node)`` for every ``_target_`` node under ``node``, outer first."""
     if isinstance(node, DictConfig):
-        if "_target_" in node and prefix:
-            yield prefix, node
-        items = node.items_ex(resolve=False)
-    elif isinstance(node, ListConfig):
-        items = ((str(i), v) for i, v in enumerate(node._iter_ex(resolve=False)))
+        for sub in target_keys(OmegaConf.to_container(node, resolve=False)):
+            check_node(f"{key}.{sub}", OmegaConf.select(node, sub))
+
+
+def target_keys(tree: Any, skip: tuple[str, ...] = (), prefix: str = "") -> Iterator[str]:
+    """The dotted key of every ``_target_`` node inside the plain container ``tree``
+    (interpolations unresolved), outer first, ``tree`` itself left out."""
+    if isinstance(tree, dict):
+        if "_target_" in tree and prefix:
+            yield prefix
+        items = ((str(k), v) for k, v in tree.items() if prefix or str(k) not in skip)
+    elif isinstance(tree, list):
+        items = ((str(i), v) for i, v in enumerate(tree))
     else:
         return
     for key, value in items:
-        if prefix or str(key) not in skip:
-            yield from target_nodes(value, (), f"{prefix}.{key}" if prefix else str(key))
+        yield from target_keys(value, (), f"{prefix}.{key}" if prefix else key)
 
 
 def check_node(key: str, node: Any) -> None:
@@ -78,9 +77,8 @@ def check_node(key: str, node: Any) -> None:
         declared = parameter_types(target)
     except Exception:  # not importable: building it names the problem
         return
-    for name in list(node.keys()):
-        name = str(name)
-        if name.startswith("_") or name not in declared or declared[name] is _ANY:
+    for name in [str(k) for k in node]:
+        if name.startswith("_") or declared.get(name, _ANY) is _ANY:
             continue
         value = _value(node, name)
         if value is _ANY:
@@ -94,19 +92,16 @@ def check_node(key: str, node: Any) -> None:
 
 
 def _value(node: Any, name: str) -> Any:
-    """The plain value of ``node[name]`` (a nested constructor call is checked on its
-    own), or ``_ANY`` when it cannot be known yet."""
-    if isinstance(node, DictConfig):
-        try:
-            raw = node._get_node(name)
-            if isinstance(raw, DictConfig) and "_target_" in raw:
+    """The plain value of ``node[name]``, or ``_ANY`` for a nested constructor call
+    (checked on its own) and an interpolation not resolvable yet (while composing)."""
+    try:
+        value = node[name]
+        if isinstance(value, (DictConfig, ListConfig)):
+            if isinstance(value, DictConfig) and "_target_" in value:
                 return _ANY
-            if isinstance(raw, (DictConfig, ListConfig)):
-                return OmegaConf.to_container(raw, resolve=True)
-            return node[name]
-        except (OmegaConfBaseException, ValueError, KeyError):
-            return _ANY  # an interpolation not resolvable while composing
-    value = node[name]
+            value = OmegaConf.to_container(value, resolve=True)
+    except (OmegaConfBaseException, ValueError, KeyError):
+        return _ANY
     return _ANY if isinstance(value, dict) and "_target_" in value else value
 
 

@@ -12,7 +12,7 @@ import torch
 from gnn_attn.data import DictionaryLookupDataModule, lookup_graph
 from gnn_attn.data.dictionary_lookup import lookup_permutations
 from gnn_attn.data.graph_set import EpochShuffle
-from tests.conftest import run_cli, train_overrides
+from tests.conftest import run_entry, train_overrides
 
 
 def make(tmp_path: Path, **kwargs) -> DictionaryLookupDataModule:
@@ -103,7 +103,7 @@ def test_impossible_settings_are_refused(tmp_path: Path, kwargs: dict, message: 
 
 def test_impossible_settings_are_one_line_from_the_cli(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = run_cli(
+    proc = run_entry(
         "train.py", *train_overrides(out, tmp_path / "cache", "data=dictionary_lookup",
                                      "data.k=2"), check=False,
     )  # fmt: skip
@@ -115,7 +115,7 @@ def test_impossible_settings_are_one_line_from_the_cli(tmp_path: Path) -> None:
 
 
 def test_heads_that_do_not_split_the_width_are_one_line(tmp_path: Path) -> None:
-    proc = run_cli(
+    proc = run_entry(
         "train.py", *train_overrides(tmp_path / "out", tmp_path / "cache", "model=gat",
                                      "data=dictionary_lookup", "model.heads=3"), check=False,
     )  # fmt: skip

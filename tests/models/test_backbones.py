@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+from torch_geometric.nn import SAGEConv
 from torch_geometric.utils import scatter
 
 from gnn_attn.models import GAT, GCN, MLP
+from gnn_attn.models.module import first_layer
 
 N, F, C = 12, 5, 3
 
@@ -79,3 +82,27 @@ def test_bad_hyperparameters_are_value_errors_naming_the_argument() -> None:
         MLP(F, C, hidden_channels=0)
     with pytest.raises(TypeError, match=r"^residual must be true or false"):
         MLP(F, C, residual="yes")
+
+
+def test_first_layer_is_defined_for_any_backbone() -> None:
+    """weight_decay_on=first_layer: a named first_layer, else the first submodule with
+    parameters in registration order, looked for inside containers."""
+
+    class Sage(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.act = nn.ReLU()  # no parameters: passed over
+            self.conv1 = SAGEConv(4, 8)
+            self.conv2 = SAGEConv(8, 3)
+
+    class Listed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.convs = nn.ModuleList([nn.Identity(), nn.Linear(4, 8), nn.Linear(8, 3)])
+
+    sage, listed, linear = Sage(), Listed(), nn.Linear(4, 3)
+    assert first_layer(sage) is sage.conv1  # the whole SAGEConv, both its projections
+    assert first_layer(listed) is listed.convs[1]
+    assert first_layer(linear) is linear
+    gcn = GCN(4, 3)
+    assert first_layer(gcn) is gcn.first_layer

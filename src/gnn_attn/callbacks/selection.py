@@ -57,8 +57,7 @@ def parse_monitors(monitors: list[str]) -> dict[str, str]:
         name, _, mode = str(entry).rpartition(":")
         if not name or mode not in MODES:
             raise ValueError(
-                f"monitors entry '{entry}' must be <metric>:min or <metric>:max, e.g. "
-                "[val/acc:max]"
+                f"monitors entry '{entry}' must be <metric>:min or <metric>:max, e.g. [val/acc:max]"
             )
         validation_only("monitors", name)
         parsed[name] = mode

@@ -83,6 +83,9 @@ def run_task(task: Task, cfg: DictConfig) -> Any:
                     loader = OmegaConf.select(cfg, "data.loader", default="full")
                     failure = out_of_memory_error(err, loader)
                     failure.__cause__ = err  # error.json keeps the original traceback
+                elif unwritable := write_failure(err, cfg):
+                    failure = unwritable
+                    failure.__cause__ = err
                 if is_multirun() and not full_error:
                     record_failure(cfg.paths.output_dir, failure)
                     print(f"Error in job {cfg.paths.output_dir}: {failure}", file=sys.stderr)
@@ -92,6 +95,21 @@ def run_task(task: Task, cfg: DictConfig) -> Any:
                 raise
     finally:
         finish_wandb()
+
+
+def write_failure(err: BaseException, cfg: DictConfig) -> UserError | None:
+    """An ``OSError`` on a file of the run's own dir (full disk, a read-only mount, a
+    folder where a file should go) as one line naming the file and the reason."""
+    if not isinstance(err, OSError) or not err.filename:
+        return None
+    out = OmegaConf.select(cfg, "paths.output_dir", default=None)
+    names = [str(n) for n in (err.filename, err.filename2) if n]
+    if not out or not any(Path(n).resolve().is_relative_to(Path(out).resolve()) for n in names):
+        return None
+    return UserError(
+        f"cannot write {names[-1]} ({err.strerror or type(err).__name__}); free space or "
+        f"choose another output dir (hydra.run.dir=<dir>, hydra.sweep.dir=<dir>)"
+    )
 
 
 def resume_in_place(argv: list[str], config_name: str) -> list[str]:
