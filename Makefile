@@ -7,6 +7,10 @@ STAMP  := $(VENV)/.installed
 # machine keeps on disk; users with GPUs install their own torch build first.
 TORCH  ?= torch==2.13.0
 ARGS   ?=
+# test processes (pytest-xdist; each file's tests stay in one, so a module's trained
+# fixture is trained once); each gets cores // TEST_WORKERS torch threads
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install train test test-fast lint format clean bench bench-scale table paper-table
 
@@ -23,11 +27,11 @@ train: install
 	$(BIN)/python train.py $(ARGS)
 
 test: install
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(PYTEST) $(ARGS)
 
 # The edit loop: every test but those marked slow (CI runs all of `make test`).
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/bench.py $(ARGS)

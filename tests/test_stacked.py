@@ -240,17 +240,18 @@ def test_groups_larger_than_max_members_are_split(tmp_path: Path, cache_dir: Pat
 def test_stacked_sweep_writes_every_job_and_repeats_exactly(
     tmp_path: Path, cache_dir: Path
 ) -> None:
-    def sweep(name: str) -> tuple[Path, str]:
+    def sweep(name: str, *extra: str) -> tuple[Path, str]:
         proc = stacked_sweep(
-            tmp_path / name, cache_dir, "model=gat,gcn", "logger=csv", seeds="0,1,2", epochs=40
-        )
+            tmp_path / name, cache_dir, "model=gat,gcn", "logger=csv", *extra, seeds="0,1,2",
+            epochs=40,
+        )  # fmt: skip
         return tmp_path / name, proc.stdout
 
-    first, out = sweep("a")
+    first, out = sweep("a")  # two stacks: in two worker processes
     assert "6 jobs in 2 stacks" in out and "stack of 3" in out
     # the basic sweeper's place is taken by the one composing a job per group of seeds
     assert "StackedSweeper" in (first / "multirun.yaml").read_text()
-    second, _ = sweep("b")
+    second, _ = sweep("b", "hydra.launcher.n_jobs=1")  # one after the other, in this process
     volatile = {"fit_seconds", "ms_per_epoch", "run_seconds", "stack", "checkpoint", "output_dir"}
     for job in range(6):
         m1, m2 = read_metrics(first / str(job)), read_metrics(second / str(job))
