@@ -94,6 +94,8 @@ def run_entry(
     file-descriptor level (worker processes included) and its ``SystemExit`` is the
     return code, as :func:`run_cli` reports a subprocess; the process state it touches
     (argv, environment, signal handlers, torch threads, working dir) is restored."""
+    import logging
+
     import torch
     from hydra.core.global_hydra import GlobalHydra
 
@@ -109,6 +111,7 @@ def run_entry(
         "threads": torch.get_num_threads(),
         "signals": {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)},
         "streams": (sys.stdout, sys.stderr),
+        "logging": (logging.root.handlers[:], logging.root.level),  # Hydra's job logging
     }
     files = [tempfile.TemporaryFile() for _ in range(2)]  # noqa: SIM115 (closed below)
     sys.stdout.flush()
@@ -138,6 +141,10 @@ def run_entry(
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+        logging.root.handlers[:], level = saved["logging"]
+        logging.root.setLevel(level)
+        for stream in (sys.stdout, sys.stderr):
+            stream.close()
         for fd, old in zip((1, 2), fds, strict=True):
             os.dup2(old, fd)
             os.close(old)

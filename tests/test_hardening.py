@@ -57,6 +57,10 @@ BAD_INPUT = [
     (["callbacks=tsne", "callbacks.tsne.max_nodes=many"], "Error: callbacks.tsne.max_nodes="),
     (["logger=csv", "+logger.csv.flush_logs_every_n_steps=x"], "Error: logger.csv.flush_logs_"),
     (["early_stopping.patience=soon"], "Error: early_stopping.patience=soon: expected int"),
+    (["trainer.max_epochs=true"], "Error: trainer.max_epochs=True: expected int | None"),
+    (["data.num_neighbors=['10','10']"], "Error: data.num_neighbors=['10', '10']: expected"),
+    (["checkpoint.every_minutes=soon"], "Error: checkpoint.every_minutes=soon: expected float"),
+    (["-m", "model.lr=0.01,abc"], "Error: model.lr: Value 'abc' of type 'str' could not be"),
     # validation alone selects
     (["optimized_metric=test/acc"], "Error: optimized_metric=test/acc would select on the test"),
     (

@@ -1,9 +1,10 @@
 """The config's schema and resolvers, registered when :mod:`gnn_attn` is imported.
 
 ``TrainSchema`` types the top level of ``conf/train.yaml`` (Hydra checks it when the
-config composes: ``seed=abc`` fails there). The groups (``data``, ``model``, ...) are
-constructor calls (``_target_`` plus arguments); their constructors check their own
-arguments. Values live in the YAML files; this module holds types only.
+config composes: ``seed=abc`` fails there). The groups (``data``, ``model``, ...) and
+``early_stopping``, ``checkpoint`` are constructor calls (``_target_`` plus arguments),
+checked against their constructors' own annotations (:mod:`gnn_attn.typecheck`). Values
+live in the YAML files; this module holds types only.
 """
 
 from __future__ import annotations
@@ -16,15 +17,6 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import MISSING, DictConfig, OmegaConf
-
-
-@dataclass
-class CheckpointSchema:
-    """``checkpoint:`` of ``conf/train.yaml``: when the checkpoints are written."""
-
-    _target_: str = "gnn_attn.callbacks.selection.PeriodicCheckpoint"
-    every_n_epochs: int | None = None
-    every_minutes: float | None = 5.0
 
 
 @dataclass
@@ -44,7 +36,7 @@ class TrainSchema:
     callbacks: Any = field(default_factory=dict)
     paths: Any = MISSING
     early_stopping: Any = MISSING
-    checkpoint: CheckpointSchema = field(default_factory=lambda: CheckpointSchema())
+    checkpoint: Any = MISSING
     progress_bar: Any = None
 
 

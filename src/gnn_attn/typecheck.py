@@ -36,11 +36,17 @@ from gnn_attn.errors import UserError
 _ANY = object()  # an annotation that admits every value (or one that cannot be checked)
 
 
-def check_config(cfg: DictConfig, skip: tuple[str, ...] = ("hydra",)) -> None:
+def check_config(
+    cfg: DictConfig,
+    skip: tuple[str, ...] = ("hydra",),
+    not_arguments: dict[str, tuple[str, ...]] | None = None,
+) -> None:
     """:func:`check_node` for every node of ``cfg`` that has a ``_target_`` (top-level
-    keys in ``skip`` left out: Hydra checks its own)."""
+    keys in ``skip`` left out: Hydra checks its own; ``not_arguments`` maps a key to the
+    keys of its node that are not arguments of its ``_target_``, e.g. the template's keys
+    of a model config)."""
     for key in target_keys(OmegaConf.to_container(cfg, resolve=False), skip):
-        check_node(key, OmegaConf.select(cfg, key))
+        check_node(key, OmegaConf.select(cfg, key), (not_arguments or {}).get(key, ()))
 
 
 def check_call(key: str, node: Any) -> None:
@@ -67,9 +73,10 @@ def target_keys(tree: Any, skip: tuple[str, ...] = (), prefix: str = "") -> Iter
         yield from target_keys(value, (), f"{prefix}.{key}" if prefix else key)
 
 
-def check_node(key: str, node: Any) -> None:
+def check_node(key: str, node: Any, ignore: tuple[str, ...] = ()) -> None:
     """Raise a :class:`UserError` for the first value of the constructor call ``node``
-    (config key ``key``) that does not have the type its ``_target_`` declares for it."""
+    (config key ``key``) that does not have the type its ``_target_`` declares for it
+    (the keys in ``ignore`` are not passed to it)."""
     if not isinstance(node, (dict, DictConfig)) or "_target_" not in node:
         return
     target = str(node["_target_"])
@@ -78,7 +85,7 @@ def check_node(key: str, node: Any) -> None:
     except Exception:  # not importable: building it names the problem
         return
     for name in [str(k) for k in node]:
-        if name.startswith("_") or declared.get(name, _ANY) is _ANY:
+        if name.startswith("_") or name in ignore or declared.get(name, _ANY) is _ANY:
             continue
         value = _value(node, name)
         if value is _ANY:
@@ -92,17 +99,24 @@ def check_node(key: str, node: Any) -> None:
 
 
 def _value(node: Any, name: str) -> Any:
-    """The plain value of ``node[name]``, or ``_ANY`` for a nested constructor call
-    (checked on its own) and an interpolation not resolvable yet (while composing)."""
+    """The plain value of ``node[name]``, or ``_ANY`` for one that holds a constructor
+    call at any depth (each is checked on its own) or an interpolation not resolvable
+    yet (while composing)."""
     try:
         value = node[name]
         if isinstance(value, (DictConfig, ListConfig)):
-            if isinstance(value, DictConfig) and "_target_" in value:
-                return _ANY
             value = OmegaConf.to_container(value, resolve=True)
     except (OmegaConfBaseException, ValueError, KeyError):
         return _ANY
-    return _ANY if isinstance(value, dict) and "_target_" in value else value
+    return _ANY if _holds_target(value) else value
+
+
+def _holds_target(value: Any) -> bool:
+    if isinstance(value, dict):
+        return "_target_" in value or any(_holds_target(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_target(v) for v in value)
+    return False
 
 
 def mismatch(annotation: Any, value: Any) -> str | None:
@@ -114,12 +128,45 @@ def mismatch(annotation: Any, value: Any) -> str | None:
     try:
         result = adapter.validate_python(value)
     except ValidationError:
+        if _has_numbers(value):  # Hydra reads name=2024 as a number: a str is meant
+            return mismatch(annotation, _numbers_as_strings(value))
         return ""
     except Exception:  # a validator that cannot take this value at all: the constructor's
         return None
+    return _coerced(value, result)
+
+
+def _coerced(value: Any, result: Any) -> str | None:
+    """Where pydantic read a string as a number or a boolean, or a boolean as a number
+    (at any depth of a list or dict), the reason; else ``None``: the constructor would
+    receive the value itself, not what pydantic made of it."""
     if isinstance(value, str) and isinstance(result, (bool, int, float)):
         return ", not a string"
-    return None
+    if (
+        isinstance(value, bool)
+        and isinstance(result, (int, float))
+        and not isinstance(result, bool)
+    ):
+        return ", not a boolean"
+    if isinstance(value, (list, tuple)) and isinstance(result, (list, tuple)):
+        pairs = zip(value, result, strict=False)
+    elif isinstance(value, dict) and isinstance(result, dict):
+        pairs = ((v, result.get(k)) for k, v in value.items())
+    else:
+        return None
+    return next((r for r in (_coerced(v, w) for v, w in pairs) if r is not None), None)
+
+
+def _has_numbers(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_has_numbers(v) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _numbers_as_strings(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_numbers_as_strings(v) for v in value]
+    return str(value) if _has_numbers(value) else value
 
 
 def type_name(annotation: Any) -> str:

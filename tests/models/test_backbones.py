@@ -105,4 +105,16 @@ def test_first_layer_is_defined_for_any_backbone() -> None:
     assert first_layer(listed) is listed.convs[1]
     assert first_layer(linear) is linear
     gcn = GCN(4, 3)
-    assert first_layer(gcn) is gcn.first_layer
+    assert first_layer(gcn) is gcn.layers[0]
+
+    class Named(Sage):
+        first_layer = property(lambda self: self.conv2)
+
+    class WithEps(Sage):
+        def __init__(self) -> None:
+            super().__init__()
+            self.eps = nn.Parameter(torch.zeros(1))  # the backbone's own, not a layer
+
+    named, eps = Named(), WithEps()
+    assert first_layer(named) is named.conv2
+    assert first_layer(eps) is eps.conv1

@@ -60,23 +60,23 @@ CONTAINERS = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
 
 def first_layer(net: nn.Module) -> nn.Module:
     """The layer ``weight_decay_on=first_layer`` decays: ``net.first_layer`` where the
-    backbone names one (the template's GCN), else its first submodule, in registration
-    order, that holds parameters, looked for inside containers (``ModuleList``,
-    ``Sequential``, ``ModuleDict``): ``conv1`` of a backbone that registers ``conv1``
-    first, ``convs[0]`` of one with ``self.convs = ModuleList(...)``, the backbone itself
-    when its own parameters come first (an ``nn.Linear``)."""
+    backbone names one, else its first child module, in registration order, that holds
+    parameters, looked for inside containers (``ModuleList``, ``Sequential``,
+    ``ModuleDict``): ``conv1`` of a backbone that registers ``conv1`` first,
+    ``convs[0]`` of one with ``self.convs = ModuleList(...)``; a backbone with no child
+    holding parameters (an ``nn.Linear``) is its own first layer. Parameters a backbone
+    holds itself beside its layers (a learnable ``eps``) are not its first layer."""
     named = getattr(net, "first_layer", None)
     if isinstance(named, nn.Module):
         return named
     module = net
-    while next(module.parameters(recurse=False), None) is None:
+    while True:
         children = [c for c in module.children() if next(c.parameters(), None) is not None]
         if not children:
-            break
+            return module
         module = children[0]
         if not isinstance(module, CONTAINERS):
-            break
-    return module
+            return module
 
 
 def decay_groups(net: nn.Module, scope: str) -> list[dict[str, Any]]:

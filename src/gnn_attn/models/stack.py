@@ -203,10 +203,6 @@ class LayerStack(nn.Module):
         """The backbone's name for titles and reports."""
         return type(self).__name__
 
-    @property
-    def first_layer(self) -> nn.Module:
-        return self.layers[0]
-
 
 class Readout(nn.Linear):
     r"""A per-node linear read-out after a stack's graph layers,

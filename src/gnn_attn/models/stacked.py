@@ -342,7 +342,3 @@ class StackedNet(nn.Module):
     def member_axes(self) -> list[tuple[Tensor, int]]:
         """Every parameter with the position of its member axis."""
         return [pair for layer in self.layers for pair in layer.member_axes()]
-
-    @property
-    def first_layer(self) -> nn.Module:
-        return self.layers[0]

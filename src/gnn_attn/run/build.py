@@ -96,6 +96,7 @@ def model_settings(model: dict[str, Any]) -> ModelSettings:
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", "") or ""
         msg = " ".join(str(getattr(err, "msg", err)).split())
+        msg = re.sub(r"\s*full_key:.*$", "", msg)  # OmegaConf's own location suffix
         raise UserError(f"model.{key}: {msg}") from err
 
 

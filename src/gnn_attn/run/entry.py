@@ -14,6 +14,7 @@ and the job's ``error.json`` in a sweep, whose other jobs go on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -46,6 +47,7 @@ from gnn_attn.errors import (
     is_out_of_memory,
     out_of_memory_error,
 )
+from gnn_attn.run.build import SETTINGS, model_settings
 from gnn_attn.run.sweep import is_multirun, record_failure
 from gnn_attn.typecheck import check_config
 
@@ -87,7 +89,8 @@ def run_task(task: Task, cfg: DictConfig) -> Any:
                     failure = unwritable
                     failure.__cause__ = err
                 if is_multirun() and not full_error:
-                    record_failure(cfg.paths.output_dir, failure)
+                    with contextlib.suppress(OSError):  # an unwritable job dir: the line says it
+                        record_failure(cfg.paths.output_dir, failure)
                     print(f"Error in job {cfg.paths.output_dir}: {failure}", file=sys.stderr)
                     return float("nan")
                 if failure is not err:
@@ -202,8 +205,10 @@ def check_command_line(argv: list[str], config_name: str) -> str | None:
                 composed.append(cfg)
                 if "model" in cfg:  # its resolvers (e.g. per_head) check their arguments
                     OmegaConf.to_container(cfg.model, resolve=True)
-                check_config(cfg)  # every constructor call against its signature
                 check_selection(cfg)
+                check_config(cfg, not_arguments={"model": SETTINGS})  # against signatures
+                if "model" in cfg:
+                    model_settings(OmegaConf.to_container(cfg.model, resolve=True))
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(describe(err)) from err
     missing = [k for k in cfg if k != "hydra" and OmegaConf.is_missing(cfg, k)]
@@ -236,6 +241,12 @@ def check_selection(cfg: DictConfig) -> None:
     except ValueError as err:
         raise UserError(str(err)) from err
     monitors = OmegaConf.select(cfg, "early_stopping.monitors")
+    if isinstance(monitors, DictConfig):
+        raise UserError(
+            "early_stopping.monitors is a list of <metric>:min|max entries, e.g. "
+            "[val/loss:min, val/acc:max] or [val/acc:max] (a mapping would be merged into "
+            "the default instead of replacing it)"
+        )
     try:
         if isinstance(monitors, ListConfig):
             parse_monitors(list(monitors))
