@@ -327,3 +327,58 @@ def test_what_cannot_stack_says_so_and_runs_alone(tmp_path: Path, cache_dir: Pat
     )
     assert "stacks the seeds of a sweep (-m); this one run trains alone" in proc.stdout
     assert (tmp_path / "one" / "metrics.json").is_file()
+
+
+PLAIN = "tests.models.plain_backbones"
+
+
+@pytest.mark.parametrize("backbone", ["SAGE", "GIN"])
+def test_a_plain_pyg_backbone_stacks_and_its_member_follows_its_lone_run(
+    tmp_path: Path, cache_dir: Path, backbone: str
+) -> None:
+    """A backbone of plain PyG layers (gcn.yaml's keys, `_target_` changed) stacks through
+    torch.func; dropout off, after K steps member s's logits and every gradient are its
+    lone run's (weight decay on its first layer only, as gcn.yaml asks)."""
+    k = 4
+    plain = [f"model._target_={PLAIN}.{backbone}", f"model.name={backbone.lower()}"]
+    cfgs = configs(tmp_path, cache_dir, range(3), "model=gcn", "data=cora", "model.dropout=0",
+                   *plain)  # fmt: skip
+    stack = StackTrainer(cfgs)
+    assert type(stack.net).__name__ == "FunctionalStack"
+    stack.run_epochs(k)
+    batch = stack.train_batch
+    stack.optimizer.zero_grad()
+    logits = batch.logits(stack.net)
+    torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.y.view(-1, 1).expand(-1, 3),
+                                      reduction="none").mean(0).sum().backward()  # fmt: skip
+    stacked = dict(stack.net.stacked.named_parameters())
+    for s, cfg in enumerate(cfgs):
+        datamodule, module = build_data_and_model(cfg, "fit")  # the lone run's start
+        opt = module.configure_optimizers()
+        lone_batch = next(iter(datamodule.train_dataloader()))
+        for step in range(k + 1):
+            module.train()
+            out = module(lone_batch)[lone_batch.train_mask]
+            opt.zero_grad()
+            F.cross_entropy(out, lone_batch.y[lone_batch.train_mask]).backward()
+            if step < k:
+                opt.step()
+        torch.testing.assert_close(logits[:, s].detach(), out.detach(), atol=1e-5, rtol=1e-5)
+        for name, p in module.net.named_parameters():
+            torch.testing.assert_close(stacked[name].grad[s], p.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_a_plain_backbone_sweep_stacks_and_what_torch_func_cannot_batch_runs_alone(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    proc = stacked_sweep(tmp_path / "sage", cache_dir, "model=gcn", f"model._target_={PLAIN}.SAGE",
+                         "model.name=sage")  # fmt: skip
+    assert "stack of 2" in proc.stdout, proc.stdout
+    for job in range(2):
+        m = read_metrics(tmp_path / "sage" / str(job))
+        assert m["model"] == "sage" and m["stack"]["members"] == 2 and "test/f1_macro" in m
+    proc = stacked_sweep(tmp_path / "bad", cache_dir, "model=gcn",
+                         f"model._target_={PLAIN}.InPlaceSum", "model.name=inplace")  # fmt: skip
+    assert "not stacked (InPlaceSum: torch.func cannot stack it" in proc.stdout, proc.stdout
+    assert all((tmp_path / "bad" / str(j) / "metrics.json").is_file() for j in range(2))
+    assert "Traceback" not in proc.stderr

@@ -25,9 +25,10 @@ generator one tensor at a time; the stack draws one tensor for all members, so m
 :math:`s` gets masks of the same distribution but not the same values as the lone run
 with seed :math:`s`.
 
-What stacks: :class:`~gnn_attn.models.MLP`, :class:`~gnn_attn.models.GCN`,
+What stacks here: :class:`~gnn_attn.models.MLP`, :class:`~gnn_attn.models.GCN`,
 :class:`~gnn_attn.models.GAT` with ``impl=fused``, without ``residual`` and
-``dropout_per_head`` (:func:`why_not_stackable` says why not, in one line).
+``dropout_per_head`` (:func:`why_not_stackable` says why not, in one line). Any other
+backbone stacks through ``torch.func`` (:mod:`gnn_attn.models.func_stack`).
 """
 
 from __future__ import annotations

@@ -38,7 +38,9 @@ from gnn_attn.callbacks.selection import save_atomically
 from gnn_attn.console import quiet
 from gnn_attn.errors import TrainingDiverged, UserError, is_out_of_memory, out_of_memory_error
 from gnn_attn.models import NodeClassifier, count_parameters
+from gnn_attn.models.func_stack import FunctionalStack, probe
 from gnn_attn.models.module import accepts, decay_groups
+from gnn_attn.models.stack import LayerStack
 from gnn_attn.models.stacked import StackedNet, why_not_stackable
 from gnn_attn.run.build import (
     build_data,
@@ -261,13 +263,22 @@ class StackTrainer:
         ]
         lone = self.modules[0].net
         reason = why_not_stackable(lone)
-        if reason:
-            raise NotStackable(reason)
+        if reason and isinstance(lone, LayerStack):  # a template backbone in a setting
+            raise NotStackable(reason)  # its stacked layers do not cover
         self.datamodule.serve_receptive_fields(getattr(lone, "exact_hops", None))
         self.train_batch, self.val_batch, self.test_batch = (
             scored_batch(self.datamodule, stage, self.device) for stage in ("train", "val", "test")
         )
-        self.net = StackedNet([m.net for m in self.modules]).to(self.device)
+        if reason is None:
+            self.net: StackedNet | FunctionalStack = StackedNet([m.net for m in self.modules])
+        else:  # any other backbone: its own forward, batched over members by torch.func
+            self.net = FunctionalStack([m.net for m in self.modules])
+        self.net.to(self.device)
+        if isinstance(self.net, FunctionalStack):
+            why = probe(self.net, self.train_batch.x, self.train_batch.edge_index)
+            if why:
+                raise NotStackable(f"{type(lone).__name__}: {why}")
+            self.cuda_graph = False  # its epochs are not captured as a CUDA graph
         self.optimizer = self._optimizer()
         rule = build_node("early_stopping", base.early_stopping)  # checks its settings
         self.selection = MemberSelection(rule.monitors, rule.patience, self.net.member_axes())

@@ -4,8 +4,8 @@ stack in this process (:mod:`gnn_attn.run.stacked`); every job keeps its own dir
 
     python train.py -m hydra/launcher=stacked model=gat,gcn data=cora seed='range(10)'
 
-Groups run in turn. A group that cannot stack (a mini-batch loader, a backbone that is
-not MLP/GCN/fused GAT, a lone seed) says why in one line and runs its jobs one by one,
+Groups run in turn. A group that cannot stack (a mini-batch loader, a backbone torch.func
+cannot batch, a lone seed) says why in one line and runs its jobs one by one,
 as Hydra's basic launcher does.
 """
 
