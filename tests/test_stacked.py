@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -58,6 +59,37 @@ def configs(
         ]
 
 
+def stacked_after_steps(stack: StackTrainer, k: int) -> torch.Tensor:
+    """The stack's training logits :math:`(n, S, C)` after ``k`` epochs, with the
+    gradients of one more step in its parameters."""
+    stack.run_epochs(k)
+    batch = stack.train_batch
+    stack.optimizer.zero_grad()
+    logits = batch.logits(stack.net)
+    y = batch.y.view(-1, 1).expand(-1, logits.size(1))
+    F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(0).sum().backward()
+    return logits
+
+
+def lone_after_steps(cfg: DictConfig, k: int) -> tuple[torch.Tensor, Any]:
+    """The lone run's training logits after ``k`` optimizer steps, and its module holding
+    the gradients of one more step."""
+    datamodule, module = build_data_and_model(cfg, "fit")  # the lone run's start
+    opt = module.configure_optimizers()
+    batch = next(iter(datamodule.train_dataloader()))
+    for step in range(k + 1):
+        module.train()
+        out = module(batch)
+        seeds = "batch_size" in batch
+        out = out[: batch.batch_size] if seeds else out[batch.train_mask]
+        y = batch.y[: out.size(0)] if seeds else batch.y[batch.train_mask]
+        opt.zero_grad()
+        F.cross_entropy(out, y).backward()
+        if step < k:
+            opt.step()
+    return out, module
+
+
 @pytest.mark.parametrize("model", list(NO_DROPOUT))
 def test_member_follows_the_lone_run_of_its_seed(tmp_path: Path, cache_dir: Path, model) -> None:
     """Dropout off: after K steps, member s's logits and gradients are the lone run's."""
@@ -65,27 +97,9 @@ def test_member_follows_the_lone_run_of_its_seed(tmp_path: Path, cache_dir: Path
     cfgs = configs(tmp_path, cache_dir, range(3), f"model={model}", "data=cora",
                    *NO_DROPOUT[model])  # fmt: skip
     stack = StackTrainer(cfgs)
-    stack.run_epochs(k)
-    batch = stack.train_batch
-    stack.optimizer.zero_grad()
-    logits = batch.logits(stack.net)
-    torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.y.view(-1, 1).expand(-1, 3),
-                                      reduction="none").mean(0).sum().backward()  # fmt: skip
+    logits = stacked_after_steps(stack, k)
     for s, cfg in enumerate(cfgs):
-        datamodule, module = build_data_and_model(cfg, "fit")  # the lone run's start
-        opt = module.configure_optimizers()
-        lone_batch = next(iter(datamodule.train_dataloader()))
-        for step in range(k + 1):
-            module.train()
-            out = module(lone_batch)
-            out = out[: lone_batch.batch_size] if "batch_size" in lone_batch else out[
-                lone_batch.train_mask]  # fmt: skip
-            y = lone_batch.y[: out.size(0)] if "batch_size" in lone_batch else lone_batch.y[
-                lone_batch.train_mask]  # fmt: skip
-            opt.zero_grad()
-            F.cross_entropy(out, y).backward()
-            if step < k:
-                opt.step()
+        out, module = lone_after_steps(cfg, k)
         torch.testing.assert_close(logits[:, s].detach(), out.detach(), atol=1e-5, rtol=1e-5)
         for i, layer in enumerate(stack.net.layers):
             grads = layer.member_state(s, grad=True)
@@ -345,24 +359,10 @@ def test_a_plain_pyg_backbone_stacks_and_its_member_follows_its_lone_run(
                    *plain)  # fmt: skip
     stack = StackTrainer(cfgs)
     assert type(stack.net).__name__ == "FunctionalStack"
-    stack.run_epochs(k)
-    batch = stack.train_batch
-    stack.optimizer.zero_grad()
-    logits = batch.logits(stack.net)
-    torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.y.view(-1, 1).expand(-1, 3),
-                                      reduction="none").mean(0).sum().backward()  # fmt: skip
+    logits = stacked_after_steps(stack, k)
     stacked = dict(stack.net.stacked.named_parameters())
     for s, cfg in enumerate(cfgs):
-        datamodule, module = build_data_and_model(cfg, "fit")  # the lone run's start
-        opt = module.configure_optimizers()
-        lone_batch = next(iter(datamodule.train_dataloader()))
-        for step in range(k + 1):
-            module.train()
-            out = module(lone_batch)[lone_batch.train_mask]
-            opt.zero_grad()
-            F.cross_entropy(out, lone_batch.y[lone_batch.train_mask]).backward()
-            if step < k:
-                opt.step()
+        out, module = lone_after_steps(cfg, k)
         torch.testing.assert_close(logits[:, s].detach(), out.detach(), atol=1e-5, rtol=1e-5)
         for name, p in module.net.named_parameters():
             torch.testing.assert_close(stacked[name].grad[s], p.grad, atol=1e-5, rtol=1e-4)
