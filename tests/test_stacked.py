@@ -7,6 +7,7 @@ so in one line and runs one job at a time."""
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -263,6 +264,11 @@ def test_stacked_sweep_writes_every_job_and_repeats_exactly(
 
     first, out = sweep("a")  # two stacks: in two worker processes
     assert "6 jobs in 2 stacks" in out and "stack of 3" in out
+    # a progress line at each read-out (40 epochs < readout_every: one, at the end)
+    lines = re.findall(r"stack of seeds 0–2: epoch 40/40 \| (\d) of 3 training \| best "
+                       r"val/acc min ([\d.]+) median ([\d.]+) max ([\d.]+)", out)  # fmt: skip
+    assert len(lines) == 2, out  # one per stack (gat, gcn)
+    assert all(float(lo) <= float(mid) <= float(hi) for _, lo, mid, hi in lines)
     # the basic sweeper's place is taken by the one composing a job per group of seeds
     assert "StackedSweeper" in (first / "multirun.yaml").read_text()
     second, _ = sweep("b", "hydra.launcher.n_jobs=1")  # one after the other, in this process

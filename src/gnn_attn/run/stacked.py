@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -293,6 +294,25 @@ class StackTrainer:
         self.shrink = shrink
         self.members = list(range(s))  # the member (index into cfgs) at each position
         self.done: dict[int, Finished] = {}  # members that left the stack
+        self.report = False  # a progress line at every read-out (the launcher's stacks)
+
+    def progress_line(self) -> str:
+        """One line of the stack's state at a read-out: the epoch, the members still
+        training, and each member's best ``val/acc`` so far as min / median / max."""
+        acc = HISTORY.index("val/acc")
+        here = self.history[: self.epochs_run, acc].max(0).values.tolist()
+        best = {m: here[pos] for pos, m in enumerate(self.members)}
+        best.update({m: float(d.history[:, acc].max()) for m, d in self.done.items()})
+        values = sorted(v for m, v in best.items() if m not in self.failed)
+        training = len(self.members) - int(self.selection.stopped.sum())
+        seeds = [int(c.seed) for c in self.cfgs]
+        head = f"  stack of seeds {seeds[0]}–{seeds[-1]}: epoch {self.epochs_run}/{self.max_epochs}"
+        if not values:
+            return f"{head} | every member failed"
+        return (
+            f"{head} | {training} of {len(self.cfgs)} training | best val/acc min "
+            f"{values[0]:.3f} median {statistics.median(values):.3f} max {values[-1]:.3f}"
+        )
 
     def _optimizer(self) -> torch.optim.Optimizer:
         """The model config's optimizer on the stacked parameters, with the lone run's
@@ -367,7 +387,10 @@ class StackTrainer:
                 eager_blocks += 1
             self.member_epochs += n * len(self.members)
             start, self.epochs_run = self.epochs_run, self.epochs_run + n
-            if self.read_out(start, self.epochs_run):
+            finished = self.read_out(start, self.epochs_run)
+            if self.report:
+                print(self.progress_line(), flush=True)
+            if finished:
                 break
             if self.shrink and self.epochs_run < self.max_epochs and self._shrink():
                 self.graph, eager_blocks = None, 0  # the graph holds the old tensors
@@ -557,6 +580,7 @@ def train_members(
         return StackOutcome([MemberResult(error=err) for _ in cfgs], summary=str(err))
     if announce:
         print(f"  training a stack of {len(cfgs)} on {trainer.device.type}", flush=True)
+    trainer.report = True
     try:
         trainer.fit()
         results = trainer.results()
