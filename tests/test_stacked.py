@@ -363,7 +363,7 @@ def test_a_plain_pyg_backbone_stacks_and_its_member_follows_its_lone_run(
     plain = [f"model._target_={PLAIN}.{backbone}", f"model.name={backbone.lower()}"]
     cfgs = configs(tmp_path, cache_dir, range(3), "model=gcn", "data=cora", "model.dropout=0",
                    *plain)  # fmt: skip
-    stack = StackTrainer(cfgs)
+    stack = StackTrainer(cfgs, torch_func_on_cpu=True)
     assert type(stack.net).__name__ == "FunctionalStack"
     logits = stacked_after_steps(stack, k)
     stacked = dict(stack.net.stacked.named_parameters())
@@ -377,14 +377,19 @@ def test_a_plain_pyg_backbone_stacks_and_its_member_follows_its_lone_run(
 def test_a_plain_backbone_sweep_stacks_and_what_torch_func_cannot_batch_runs_alone(
     tmp_path: Path, cache_dir: Path
 ) -> None:
-    proc = stacked_sweep(tmp_path / "sage", cache_dir, "model=gcn", f"model._target_={PLAIN}.SAGE",
-                         "model.name=sage")  # fmt: skip
+    sage = ["model=gcn", f"model._target_={PLAIN}.SAGE", "model.name=sage"]
+    proc = stacked_sweep(tmp_path / "cpu", cache_dir, *sage)  # by default not on the CPU
+    assert "not stacked (SAGE stacks only through torch.func, which on the CPU" in proc.stdout
+    proc = stacked_sweep(
+        tmp_path / "sage", cache_dir, *sage, "hydra.launcher.torch_func_on_cpu=true"
+    )
     assert "stack of 2" in proc.stdout, proc.stdout
     for job in range(2):
         m = read_metrics(tmp_path / "sage" / str(job))
         assert m["model"] == "sage" and m["stack"]["members"] == 2 and "test/f1_macro" in m
-    proc = stacked_sweep(tmp_path / "bad", cache_dir, "model=gcn",
-                         f"model._target_={PLAIN}.InPlaceSum", "model.name=inplace")  # fmt: skip
+    proc = stacked_sweep(tmp_path / "bad", cache_dir, "model=gcn", "model.name=inplace",
+                         f"model._target_={PLAIN}.InPlaceSum",
+                         "hydra.launcher.torch_func_on_cpu=true")  # fmt: skip
     assert "not stacked (InPlaceSum: torch.func cannot stack it" in proc.stdout, proc.stdout
     assert all((tmp_path / "bad" / str(j) / "metrics.json").is_file() for j in range(2))
     assert "Traceback" not in proc.stderr

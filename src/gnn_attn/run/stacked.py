@@ -246,6 +246,7 @@ class StackTrainer:
         readout_every: int = 50,
         cuda_graph: bool = True,
         shrink: bool = True,
+        torch_func_on_cpu: bool = False,
     ) -> None:
         quiet()
         base = cfgs[0]
@@ -272,6 +273,12 @@ class StackTrainer:
         )
         if reason is None:
             self.net: StackedNet | FunctionalStack = StackedNet([m.net for m in self.modules])
+        elif self.device.type == "cpu" and not torch_func_on_cpu:
+            raise NotStackable(
+                f"{type(lone).__name__} stacks only through torch.func, which on the CPU is "
+                "no faster than one job at a time (docs/stacking.md; "
+                "hydra.launcher.torch_func_on_cpu=true stacks it anyway)"
+            )
         else:  # any other backbone: its own forward, batched over members by torch.func
             self.net = FunctionalStack([m.net for m in self.modules])
         self.net.to(self.device)
@@ -565,6 +572,7 @@ def train_members(
     cfgs: list[DictConfig],
     readout_every: int,
     cuda_graph: bool,
+    torch_func_on_cpu: bool,
     threads: int | None,
     announce: bool = False,
 ) -> StackOutcome:
@@ -573,7 +581,7 @@ def train_members(
     if threads:
         torch.set_num_threads(threads)
     try:
-        trainer = StackTrainer(cfgs, readout_every, cuda_graph)
+        trainer = StackTrainer(cfgs, readout_every, cuda_graph, torch_func_on_cpu=torch_func_on_cpu)
     except NotStackable as why:
         return StackOutcome(not_stackable=str(why))
     except UserError as err:  # every member fails the same way: each job records it

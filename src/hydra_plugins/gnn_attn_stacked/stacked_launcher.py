@@ -53,6 +53,9 @@ class StackedLauncherConf:
     max_members: int | None = None
     cuda_graph: bool = True  # on a GPU: replay each epoch as a captured CUDA graph
     n_jobs: int = -1  # CPU: stacks trained at once in worker processes (-1: one per core)
+    # on the CPU, also stack backbones that only torch.func can stack (a user's): off, as
+    # measured no faster there than one job at a time (docs/stacking.md); GPUs always do
+    torch_func_on_cpu: bool = False
 
 
 ConfigStore.instance().store(
@@ -82,10 +85,12 @@ class StackedLauncher(Launcher):
         max_members: int | None = None,
         cuda_graph: bool = True,
         n_jobs: int = -1,
+        torch_func_on_cpu: bool = False,
     ) -> None:
         super().__init__()
         self.readout_every, self.max_members = readout_every, max_members
         self.cuda_graph, self.n_jobs = cuda_graph, n_jobs
+        self.torch_func_on_cpu = torch_func_on_cpu
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -170,7 +175,7 @@ class StackedLauncher(Launcher):
         """Each stack's outcome, in this process or in ``workers`` processes (in the order
         they finish); an exception here ends the workers. A worker that dies fails its
         stack's jobs, not the sweep."""
-        args = (self.readout_every, self.cuda_graph)
+        args = (self.readout_every, self.cuda_graph, self.torch_func_on_cpu)
         if workers == 1:
             for members, cfgs in task_cfgs.items():
                 yield members, train_members(cfgs, *args, None, announce=True)
@@ -244,13 +249,17 @@ class StackedLauncher(Launcher):
 
 
 def _train_in_worker(
-    cfgs: list[DictConfig], readout_every: int, cuda_graph: bool, threads: int
+    cfgs: list[DictConfig],
+    readout_every: int,
+    cuda_graph: bool,
+    torch_func_on_cpu: bool,
+    threads: int,
 ) -> bytes:
     """:func:`train_members` in a worker, its outcome serialised by ``torch.save`` (a
     pickled stack of tensors through the process pool would hold a file descriptor per
     tensor until the parent reads it: thousands for a stack of 100)."""
     buffer = io.BytesIO()
-    torch.save(train_members(cfgs, readout_every, cuda_graph, threads), buffer)
+    torch.save(train_members(cfgs, readout_every, cuda_graph, torch_func_on_cpu, threads), buffer)
     return buffer.getvalue()
 
 
