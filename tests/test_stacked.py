@@ -393,3 +393,22 @@ def test_a_plain_backbone_sweep_stacks_and_what_torch_func_cannot_batch_runs_alo
     assert "not stacked (InPlaceSum: torch.func cannot stack it" in proc.stdout, proc.stdout
     assert all((tmp_path / "bad" / str(j) / "metrics.json").is_file() for j in range(2))
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("backbone", "reason"),
+    [
+        ("DropEdge", "torch.func cannot stack it ("),
+        ("Normed", "its buffer norm.running_mean changes as it trains"),
+        ("Lazy", "torch.func cannot stack it ("),
+    ],
+)
+def test_what_torch_func_cannot_stack_is_named_before_training(
+    tmp_path: Path, cache_dir: Path, backbone: str, reason: str
+) -> None:
+    """Found by the probe (eval and training mode, buffers watched) or when the stack is
+    built, in one line: the jobs then run one by one instead of failing mid-training."""
+    cfgs = configs(tmp_path, cache_dir, range(2), "model=gcn", "data=cora",
+                   f"model._target_={PLAIN}.{backbone}")  # fmt: skip
+    with pytest.raises(NotStackable, match=re.escape(f"{backbone}: {reason}")):
+        StackTrainer(cfgs, torch_func_on_cpu=True)

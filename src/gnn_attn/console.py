@@ -55,3 +55,16 @@ def header(cfg: DictConfig, out_dir: str) -> list[str]:
     if overrides:
         lines.append("overrides: " + " ".join(overrides))
     return lines
+
+
+def ranges(values: list[int]) -> str:
+    """``[0, 1, 2, 5]`` → ``0–2, 5``."""
+    out, start, prev = [], None, None
+    for v in [*sorted(values), None]:
+        if start is not None and (v is None or v != prev + 1):
+            out.append(f"{start}" if start == prev else f"{start}–{prev}")
+            start = None
+        if v is not None and start is None:
+            start = v
+        prev = v
+    return ", ".join(out)

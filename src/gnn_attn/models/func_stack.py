@@ -16,9 +16,13 @@ does: with dropout off, to float precision (tested on PyG ``SAGEConv`` and ``GIN
 backbones). With dropout on, a member's masks come from the shared generator, so it
 matches the lone run in distribution, not draw for draw.
 
-What cannot be batched (an in-place write into a tensor made without the member axis,
-``torch.sparse.mm``, an old-style ``autograd.Function``) fails the stack's probe
-(:func:`probe`), which names it; the jobs then run one at a time.
+What cannot be stacked this way is found before training by :func:`probe`, which
+names it, and the jobs then run one at a time: an operation ``torch.func`` cannot batch
+(an in-place write into a tensor made without the member axis, ``torch.sparse.mm``, an
+old-style ``autograd.Function``, a shape that depends on random draws in training, as
+``dropout_edge``), buffers that change as the model trains (BatchNorm's running
+statistics: a stack would not select them with the weights), and modules that cannot be
+stacked at all (lazy layers of unknown size, tied weights).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -53,8 +58,9 @@ class FunctionalStack(nn.Module):
         lone = members[0]
         params, buffers = stack_module_state(list(members))
         self.stacked = copy.deepcopy(lone)
+        persistent = set(lone.state_dict())
         for name, value in {**params, **buffers}.items():
-            _put(self.stacked, name, value.detach(), name in params)
+            _put(self.stacked, name, value.detach(), name in params, name in persistent)
         self._skeleton = [copy.deepcopy(lone).to("meta")]  # code only, not a submodule
         self._template = {k: v.detach().cpu().clone() for k, v in lone.state_dict().items()}
         self.members = len(members)
@@ -90,40 +96,74 @@ class FunctionalStack(nn.Module):
             value = values[id(p)] if values is not None else p
             state[name] = value[s].detach().cpu().clone()
         for name, b in self.stacked.named_buffers():
-            state[name] = b[s].detach().cpu().clone()
+            if name in state:  # persistent ones (the probe refused buffers that train)
+                state[name] = b[s].detach().cpu().clone()
         return state
 
     def select(self, index: Tensor) -> None:
         """Keep the members at positions ``index``, in that order (new parameters)."""
+        persistent = set(self._template)
         for name, p in list(self.stacked.named_parameters()):
             _put(self.stacked, name, p.detach().index_select(0, index).contiguous(), True)
         for name, b in list(self.stacked.named_buffers()):
-            _put(self.stacked, name, b.index_select(0, index).contiguous(), False)
+            kept = b.index_select(0, index).contiguous()
+            _put(self.stacked, name, kept, False, name in persistent)
         self.members = int(index.numel())
 
 
-def _put(root: nn.Module, name: str, value: Tensor, parameter: bool) -> None:
+def _put(
+    root: nn.Module, name: str, value: Tensor, parameter: bool, persistent: bool = True
+) -> None:
     """Set the parameter (or buffer) ``name`` of ``root`` to ``value``."""
     path, _, leaf = name.rpartition(".")
     owner = root.get_submodule(path) if path else root
     if parameter:
         owner.register_parameter(leaf, nn.Parameter(value))
     else:
-        owner.register_buffer(leaf, value)
+        owner.register_buffer(leaf, value, persistent=persistent)
+
+
+def stack_or_reason(members: Sequence[nn.Module]) -> FunctionalStack | str:
+    """The members as a :class:`FunctionalStack`, or why they cannot be one (a lazy
+    layer of unknown size, tied weights, ...), in one line."""
+    try:
+        stack = FunctionalStack(members)
+    except Exception as err:
+        return f"torch.func cannot stack it ({type(err).__name__}: {_short(err)})"
+    lone = {n for n, _ in members[0].named_parameters(remove_duplicate=False)}
+    if len(lone) != len(list(stack.stacked.parameters())):
+        return "torch.func cannot stack it (it ties weights: one parameter under two names)"
+    return stack
 
 
 def probe(stack: FunctionalStack, x: Tensor, edge_index: Tensor) -> str | None:
-    """``None`` if the stack's forward and backward batch over the members (tried once in
-    eval mode, so no random numbers are drawn; the gradients are cleared), else why not,
-    in one line naming the failing operation."""
+    """``None`` if the stack's forward and backward batch over the members, in eval and
+    in training mode, with its buffers unchanged by a training step; else why not, in
+    one line naming the failing operation. Nothing is left behind: the random
+    generators' states, the buffers, the gradients and the mode are restored."""
     was_training = stack.training
-    stack.eval()
+    buffers = {n: b.clone() for n, b in stack.stacked.named_buffers()}
+    devices = [x.device] if x.device.type == "cuda" else []
     try:
-        stack(x, edge_index).sum().backward()
+        with torch.random.fork_rng(devices=devices):
+            for training in (False, True):
+                stack.train(training)
+                stack(x, edge_index).sum().backward()
+        changed = [n for n, b in stack.stacked.named_buffers() if not torch.equal(b, buffers[n])]
+        if changed:
+            return (
+                f"its buffer {changed[0]} changes as it trains (running statistics): a "
+                "stack would not select it with the weights"
+            )
     except Exception as err:  # a batching rule torch.func lacks, an in-place write, ...
-        text = " ".join(str(err).split())[:200]
-        return f"torch.func cannot stack it ({type(err).__name__}: {text})"
+        return f"torch.func cannot stack it ({type(err).__name__}: {_short(err)})"
     finally:
+        for name, b in stack.stacked.named_buffers():
+            b.copy_(buffers[name])
         stack.zero_grad(set_to_none=True)
         stack.train(was_training)
     return None
+
+
+def _short(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200]

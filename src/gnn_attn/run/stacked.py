@@ -36,10 +36,10 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from gnn_attn.callbacks.selection import save_atomically
-from gnn_attn.console import quiet
+from gnn_attn.console import quiet, ranges
 from gnn_attn.errors import TrainingDiverged, UserError, is_out_of_memory, out_of_memory_error
 from gnn_attn.models import NodeClassifier, count_parameters
-from gnn_attn.models.func_stack import FunctionalStack, probe
+from gnn_attn.models.func_stack import FunctionalStack, probe, stack_or_reason
 from gnn_attn.models.module import accepts, decay_groups
 from gnn_attn.models.stack import LayerStack
 from gnn_attn.models.stacked import StackedNet, why_not_stackable
@@ -280,7 +280,10 @@ class StackTrainer:
                 "hydra.launcher.torch_func_on_cpu=true stacks it anyway)"
             )
         else:  # any other backbone: its own forward, batched over members by torch.func
-            self.net = FunctionalStack([m.net for m in self.modules])
+            stacked = stack_or_reason([m.net for m in self.modules])
+            if isinstance(stacked, str):
+                raise NotStackable(f"{type(lone).__name__}: {stacked}")
+            self.net = stacked
         self.net.to(self.device)
         if isinstance(self.net, FunctionalStack):
             why = probe(self.net, self.train_batch.x, self.train_batch.edge_index)
@@ -307,13 +310,20 @@ class StackTrainer:
         """One line of the stack's state at a read-out: the epoch, the members still
         training, and each member's best ``val/acc`` so far as min / median / max."""
         acc = HISTORY.index("val/acc")
-        here = self.history[: self.epochs_run, acc].max(0).values.tolist()
-        best = {m: here[pos] for pos, m in enumerate(self.members)}
-        best.update({m: float(d.history[:, acc].max()) for m, d in self.done.items()})
+
+        def best_of(history: Tensor, stop: int) -> float:  # a member's epochs end at its stop
+            return float(history[: stop + 1 if stop >= 0 else len(history)].max())
+
+        stops = self.selection.stop_epoch.tolist()
+        best = {
+            m: best_of(self.history[: self.epochs_run, acc, pos], stops[pos])
+            for pos, m in enumerate(self.members)
+        }
+        best.update({m: best_of(d.history[:, acc], d.stop_epoch) for m, d in self.done.items()})
         values = sorted(v for m, v in best.items() if m not in self.failed)
         training = len(self.members) - int(self.selection.stopped.sum())
-        seeds = [int(c.seed) for c in self.cfgs]
-        head = f"  stack of seeds {seeds[0]}–{seeds[-1]}: epoch {self.epochs_run}/{self.max_epochs}"
+        seeds = ranges([int(c.seed) for c in self.cfgs])
+        head = f"  stack of seeds {seeds}: epoch {self.epochs_run}/{self.max_epochs}"
         if not values:
             return f"{head} | every member failed"
         return (

@@ -30,6 +30,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from gnn_attn.analysis.jobs import INTERRUPTED_FILE
+from gnn_attn.console import ranges
 from gnn_attn.errors import Interrupted
 from gnn_attn.run.entry import run_task
 from gnn_attn.run.stacked import (
@@ -241,7 +242,7 @@ class StackedLauncher(Launcher):
             print(f"  not stacked ({outcome.not_stackable}): {len(configs)} jobs one by one")
             return [self._run(c, self._task()) for c in configs]
         print(f"  stack of {len(configs)} ({described}; seeds "
-              f"{_ranges([c.seed for c in configs])}): {outcome.summary}", flush=True)  # fmt: skip
+              f"{ranges([c.seed for c in configs])}): {outcome.summary}", flush=True)  # fmt: skip
         return [
             self._run(cfg, lambda c, r=result: run_task(finish_member_task(r), c))
             for cfg, result in zip(configs, outcome.results, strict=True)
@@ -303,16 +304,3 @@ def mark_stack_interrupted(out_dir: Path, signal_name: str) -> None:
         {"signal": signal_name, "phase": "stacked training",
          "resume": "a stack does not resume: run the sweep again"},
     )  # fmt: skip
-
-
-def _ranges(values: list[int]) -> str:
-    """``[0, 1, 2, 5]`` → ``0–2, 5``."""
-    out, start, prev = [], None, None
-    for v in [*sorted(values), None]:
-        if start is not None and (v is None or v != prev + 1):
-            out.append(f"{start}" if start == prev else f"{start}–{prev}")
-            start = None
-        if v is not None and start is None:
-            start = v
-        prev = v
-    return ", ".join(out)
