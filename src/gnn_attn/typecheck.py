@@ -53,9 +53,19 @@ def check_call(key: str, node: Any) -> None:
     """:func:`check_node` for the constructor call ``node`` (config key ``key``) and
     every constructor call nested in it."""
     check_node(key, node)
-    if isinstance(node, DictConfig):
-        for sub in target_keys(OmegaConf.to_container(node, resolve=False)):
-            check_node(f"{key}.{sub}", OmegaConf.select(node, sub))
+    if not isinstance(node, (dict, DictConfig)):
+        return
+    tree = node if isinstance(node, dict) else OmegaConf.to_container(node, resolve=False)
+    for sub in target_keys(tree):
+        inner = OmegaConf.select(node, sub) if isinstance(node, DictConfig) else _at(node, sub)
+        check_node(f"{key}.{sub}", inner)
+
+
+def _at(tree: Any, dotted: str) -> Any:
+    """The item of a plain container at a dotted key (list items by their index)."""
+    for part in dotted.split("."):
+        tree = tree[int(part)] if isinstance(tree, list) else tree[part]
+    return tree
 
 
 def target_keys(tree: Any, skip: tuple[str, ...] = (), prefix: str = "") -> Iterator[str]:

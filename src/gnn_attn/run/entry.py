@@ -203,12 +203,10 @@ def check_command_line(argv: list[str], config_name: str) -> str | None:
             for job in jobs:
                 cfg = compose(config_name, overrides=job, return_hydra_config=True)
                 composed.append(cfg)
-                if "model" in cfg:  # its resolvers (e.g. per_head) check their arguments
-                    OmegaConf.to_container(cfg.model, resolve=True)
+                if "model" in cfg:  # its resolvers (e.g. per_head) check their arguments,
+                    model_settings(OmegaConf.to_container(cfg.model, resolve=True))  # its types
                 check_selection(cfg)
                 check_config(cfg, not_arguments={"model": SETTINGS})  # against signatures
-                if "model" in cfg:
-                    model_settings(OmegaConf.to_container(cfg.model, resolve=True))
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(describe(err)) from err
     missing = [k for k in cfg if k != "hydra" and OmegaConf.is_missing(cfg, k)]
