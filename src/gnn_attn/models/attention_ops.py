@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gnn_attn.models.sparse import keep_mask
+from gnn_attn.models.sparse import dropout_scale
 
 EDGE_BLOCK = 1 << 18  # floats per block of :func:`dynamic_scores` without autograd (1 MiB)
 
@@ -180,6 +180,15 @@ def _offsets(sorted_index: Tensor, size: int) -> Tensor:
     return ptr
 
 
+def attention_scale(layout: HeadLayout, p: float, training: bool) -> Tensor | None:
+    """Dropout of the attention weights of ``layout``: each weight's :math:`m_{ij}/(1-p)`
+    in CSR order (:func:`~gnn_attn.models.sparse.dropout_scale`), or ``None`` when not
+    training or :math:`p = 0`."""
+    if not training or p == 0.0:
+        return None
+    return dropout_scale(layout.perm.shape, p, layout.perm.device)
+
+
 class AttendAggregate(torch.autograd.Function):
     r"""Edge softmax, attention dropout and neighbourhood sum in one autograd node.
 
@@ -203,22 +212,20 @@ class AttendAggregate(torch.autograd.Function):
     (:func:`torch.sparse.sampled_addmm`, :math:`\gamma`) backward, in place of the
     :math:`(E', H, C)` message tensors and ~15 autograd nodes of the unfused expression.
 
-    Shapes: ``e`` :math:`(E', H)`, ``x`` :math:`(N, H, C)` → :math:`(N_d, H, C)`.
+    Shapes: ``e`` :math:`(E', H)`, ``x`` :math:`(N, H, C)`, ``scale`` (the dropout's
+    :math:`m_{ij}/(1-p)` in the layout's CSR order, :func:`attention_scale`, or ``None``
+    for no dropout) :math:`(E'H)` → :math:`(N_d, H, C)`.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, e: Tensor, x: Tensor, layout: HeadLayout, p: float, training: bool
+        ctx: Any, e: Tensor, x: Tensor, layout: HeadLayout, scale: Tensor | None
     ) -> Tensor:
         ec = e.reshape(-1).index_select(0, layout.perm)
         m = torch.segment_reduce(ec, "max", offsets=layout.crow)
         ex = (ec - m.index_select(0, layout.row)).exp()
         den = torch.segment_reduce(ex, "sum", offsets=layout.crow) + 1e-16
         alpha = ex / den.index_select(0, layout.row)
-        scale = None
-        if training and p > 0.0:
-            drop = round(p * 65536)
-            scale = keep_mask(alpha.shape, p, alpha.device) * (65536 / (65536 - drop))
         w = alpha if scale is None else alpha * scale
         n, h, c = x.shape
         xf = x.reshape(n * h, c)
@@ -241,4 +248,4 @@ class AttendAggregate(torch.autograd.Function):
         dot = torch.segment_reduce(ag, "sum", offsets=layout.crow)
         grad_ec = ag - alpha * dot.index_select(0, layout.row)
         grad_e = grad_ec.index_select(0, layout.inv).view(ctx.e_shape)
-        return grad_e, grad_x, None, None, None
+        return grad_e, grad_x, None, None

@@ -3,6 +3,7 @@ fixed graph, over the shared operations of :mod:`gnn_attn.models.attention_ops`.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -13,11 +14,13 @@ from torch_geometric.nn.inits import glorot, zeros
 from gnn_attn.models.attention_ops import (
     AttendAggregate,
     AttentionGraph,
+    HeadLayout,
+    attention_scale,
     dynamic_scores,
     edge_softmax,
 )
 from gnn_attn.models.cache import GraphCache
-from gnn_attn.models.sparse import dropout, project, project_per_head
+from gnn_attn.models.sparse import dropout_scale, project, project_per_head
 
 
 class FusedAttentionConv(nn.Module):
@@ -83,20 +86,79 @@ class FusedAttentionConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(in_channels, self.projections * hc))
         self._init_attention()
         self.bias = nn.Parameter(torch.empty(hc if concat else out_channels))
-        # head_mask[i, 0, k] = 1 where feature i (of H·C) belongs to head k (see _blocks)
-        head_of = torch.arange(hc) // out_channels
-        mask = (head_of.view(hc, 1, 1) == torch.arange(heads).view(1, 1, heads)).float()
-        self.register_buffer("head_mask", mask, persistent=False)
         self._graphs: GraphCache[AttentionGraph] = GraphCache()
         self.reset_parameters()
 
     def _init_attention(self) -> None:
         raise NotImplementedError
 
-    def scores(self, x: Tensor, g: AttentionGraph) -> tuple[Tensor, Tensor]:
-        """Attention logits :math:`e` :math:`(E', H)` and the projected source features
-        :math:`(N, H, C)`."""
+    def scores(self, proj: Tensor, g: AttentionGraph) -> tuple[Tensor, Tensor]:
+        r"""Attention logits :math:`e` :math:`(E', H)` and the source features
+        :math:`(N, H, C)` from the projected input ``proj`` :math:`(N, n\,HC)` (the
+        :math:`n` projections, each head by head). The one method a new attention
+        overrides: a stack of members calls it on :math:`S H` heads (see
+        :meth:`widened`)."""
         raise NotImplementedError
+
+    def dropout_scales(
+        self, x_shape: torch.Size, layout: HeadLayout
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """This pass's dropout, drawn in this order: of the source features
+        (``feat_dropout``, shaped as them) and of the attention weights (CSR order of
+        ``layout``); ``None`` where there is none."""
+        feat = None
+        if self.training and self.feat_dropout > 0:
+            feat = dropout_scale(x_shape, self.feat_dropout, layout.perm.device)
+        return feat, attention_scale(layout, self.dropout, self.training)
+
+    def aggregate(
+        self,
+        e: Tensor,
+        x_src: Tensor,
+        g: AttentionGraph,
+        scales: tuple[Tensor | None, Tensor | None] | None = None,
+    ) -> Tensor:
+        r""":math:`\sum_j \mathrm{drop}(\alpha^k_{ij})\,\mathrm{drop}_f(\mathbf{x}^k_j)`:
+        ``e`` :math:`(E', H)`, ``x_src`` :math:`(N, H, C)` → :math:`(N_d, H, C)`, with
+        ``scales`` (:meth:`dropout_scales`) drawn here unless given."""
+        layout = g.layout(x_src.size(1))
+        feat, attn = self.dropout_scales(x_src.shape, layout) if scales is None else scales
+        x_msg = x_src if feat is None else x_src * feat
+        return AttendAggregate.apply(e, x_msg, layout, attn)
+
+    def combine(self, out: Tensor) -> Tensor:
+        """The heads :math:`(N_d, H, C)` concatenated :math:`(N_d, HC)` or averaged
+        :math:`(N_d, C)`, plus the bias."""
+        out = out.reshape(out.size(0), -1) if self.concat else out.mean(dim=1)
+        return out + self.bias
+
+    def widened(self, members: int) -> FusedAttentionConv:
+        """A copy of this layer (its class and settings) with ``members`` times its heads:
+        the :math:`H` heads of :math:`S` members as :math:`SH` heads, member :math:`s`'s
+        head :math:`k` at :math:`sH + k`. A stack calls its :meth:`scores` with the
+        members' parameters in that layout (:meth:`widen_parameter`)."""
+        wide = copy.deepcopy(self)
+        wide.heads = self.heads * members
+        wide._graphs = GraphCache()
+        return wide
+
+    def widen_parameter(self, name: str, stacked: Tensor) -> Tensor:
+        r"""The parameter ``name`` of :math:`S` members, ``stacked`` :math:`(S, \dots)`,
+        in the layout of :meth:`widened`: an attention vector :math:`(1, H, C)` becomes
+        :math:`(1, SH, C)`; a per-projection vector :math:`(n\,HC)` (GATv2's
+        ``lin_bias``) becomes :math:`(n\,SHC)`. A subclass with parameters of other
+        shapes overrides this."""
+        s, shape = stacked.size(0), tuple(stacked.shape[1:])
+        h, c = self.heads, self.out_channels
+        if shape == (1, h, c):
+            return stacked.reshape(1, s * h, c)
+        if len(shape) == 1 and shape[0] % (h * c) == 0:
+            n = shape[0] // (h * c)
+            return stacked.view(s, n, h * c).transpose(0, 1).reshape(-1)
+        raise ValueError(
+            f"{type(self).__name__}.{name} of shape {shape} has no head layout to widen; "
+            "override widen_parameter"
+        )
 
     def reset_parameters(self) -> None:
         """PyG's initialisation: Glorot for each projection and attention vector, PyG
@@ -120,19 +182,10 @@ class FusedAttentionConv(nn.Module):
             edge_index, (num_nodes, num_dst), lambda: AttentionGraph(edge_index, num_nodes, num_dst)
         )
 
-    def _blocks(self, *atts: Tensor) -> Tensor:
-        """Attention vectors :math:`(1, H, C)` each → block-diagonal :math:`(HC, AH)`
-        (one :math:`(HC, H)` block per vector): ``z @ blocks`` sums each head's :math:`C`
-        features weighted by its attention vector. One product with a constant head mask
-        (two kernels forward and backward, where ``torch.block_diag`` launches one copy
-        per head: it matters where kernel launches dominate, as on a GPU)."""
-        hc = self.heads * self.out_channels
-        a = atts[0].reshape(hc, 1) if len(atts) == 1 else torch.stack(atts, -1).reshape(hc, -1)
-        return (a.unsqueeze(-1) * self.head_mask).reshape(hc, -1)
-
-    def _project(self, x: Tensor) -> Tensor:
-        r""":math:`\mathbf{x}\mathbf{W}` :math:`(N, n\,HC)`, with ``input_dropout`` drawn
-        per head (every projection of head :math:`k` sees the same copy)."""
+    def project(self, x: Tensor) -> Tensor:
+        r"""The projected input :math:`\mathbf{x}\mathbf{W}` :math:`(N, n\,HC)` that
+        :meth:`scores` takes, with ``input_dropout`` drawn per head (every projection of
+        head :math:`k` sees the same copy). A stack calls it per member."""
         p, h, c, n_proj = self.input_dropout, self.heads, self.out_channels, self.projections
         if p == 0.0 or not self.training:
             return project(x, self.weight)
@@ -152,13 +205,9 @@ class FusedAttentionConv(nn.Module):
     ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
         """``num_dst``: compute outputs for the first ``num_dst`` nodes only (a sampled
         batch's inner hops; see :class:`AttentionGraph`); the result has that many rows."""
-        n, h, c = x.size(0), self.heads, self.out_channels
-        g = self.graph(edge_index, n, num_dst)
-        e, x_src = self.scores(x, g)
-        x_msg = dropout(x_src, self.feat_dropout, self.training)
-        out = AttendAggregate.apply(e, x_msg, g.layout(h), self.dropout, self.training)
-        out = out.reshape(g.num_dst, h * c) if self.concat else out.mean(dim=1)
-        out = out + self.bias
+        g = self.graph(edge_index, x.size(0), num_dst)
+        e, x_src = self.scores(self.project(x), g)
+        out = self.combine(self.aggregate(e, x_src, g))
         if return_attention_weights:
             return out, (g.edge_index, edge_softmax(e.detach(), g))
         return out
@@ -185,12 +234,13 @@ class FusedGATConv(FusedAttentionConv):
         self.att_src = nn.Parameter(torch.empty(1, self.heads, self.out_channels))
         self.att_dst = nn.Parameter(torch.empty(1, self.heads, self.out_channels))
 
-    def scores(self, x: Tensor, g: AttentionGraph) -> tuple[Tensor, Tensor]:
-        n, h, c = x.size(0), self.heads, self.out_channels
-        proj = self._project(x)
-        logits = proj @ self._blocks(self.att_src, self.att_dst)
-        e = logits[:, :h].index_select(0, g.src) + logits[:, h:].index_select(0, g.dst)
-        return F.leaky_relu(e, self.negative_slope), proj.view(n, h, c)
+    def scores(self, proj: Tensor, g: AttentionGraph) -> tuple[Tensor, Tensor]:
+        n, h, c = proj.size(0), self.heads, self.out_channels
+        x_src = proj.view(n, h, c)
+        a_src = (x_src * self.att_src).sum(-1)  # (N, H)
+        a_dst = (x_src * self.att_dst).sum(-1)
+        e = a_src.index_select(0, g.src) + a_dst.index_select(0, g.dst)
+        return F.leaky_relu(e, self.negative_slope), x_src
 
 
 class FusedGATv2Conv(FusedAttentionConv):
@@ -214,13 +264,16 @@ class FusedGATv2Conv(FusedAttentionConv):
         self.att = nn.Parameter(torch.empty(1, self.heads, self.out_channels))
         self.lin_bias = nn.Parameter(torch.empty(2 * self.heads * self.out_channels))
 
-    def scores(self, x: Tensor, g: AttentionGraph) -> tuple[Tensor, Tensor]:
-        n, h, c = x.size(0), self.heads, self.out_channels
-        proj = self._project(x) + self.lin_bias
+    def project(self, x: Tensor) -> Tensor:
+        r""":math:`[\mathbf{W}_l \Vert \mathbf{W}_r]\mathbf{x}` plus their biases."""
+        return super().project(x) + self.lin_bias
+
+    def scores(self, proj: Tensor, g: AttentionGraph) -> tuple[Tensor, Tensor]:
+        n, h, c = proj.size(0), self.heads, self.out_channels
         x_src, x_dst = proj[:, : h * c], proj[:, h * c :]
         if not torch.is_grad_enabled():  # validation, test: in cache-sized blocks
             e = dynamic_scores(x_src, x_dst, self.att.view(h, c), g, self.negative_slope)
             return e, x_src.reshape(n, h, c)
         z = x_src.index_select(0, g.src) + x_dst.index_select(0, g.dst)
-        e = F.leaky_relu(z, self.negative_slope) @ self._blocks(self.att)
+        e = (F.leaky_relu(z, self.negative_slope).view(-1, h, c) * self.att).sum(-1)
         return e, x_src.reshape(n, h, c)

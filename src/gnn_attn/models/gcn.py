@@ -66,15 +66,50 @@ class CachedGCNConv(GCNConv):
         super().__init__(in_channels, out_channels, normalize=False, **kwargs)
         self.lin = sparse_aware(self.lin)  # same weights; also takes CSR features
         self._norms: GraphCache[tuple[Tensor, Tensor]] = GraphCache()
+        self._transposes: dict[int, Tensor] = {}  # id of a cached adjacency → its transpose
+
+    def normalized(self, edge_index: Tensor, num_nodes: int) -> Tensor:
+        r"""The normalised adjacency :math:`\hat{\mathbf{D}}^{-1/2}\hat{\mathbf{A}}
+        \hat{\mathbf{D}}^{-1/2}` as a CSR matrix :math:`(N, N)` (rows: targets), built
+        once per ``edge_index``; its transpose is kept for :meth:`message_and_aggregate`."""
+
+        def build() -> tuple[Tensor, Tensor]:
+            ei, w = gcn_norm(edge_index, None, num_nodes, add_self_loops=True, dtype=torch.float32)
+            shape = (num_nodes, num_nodes)
+            a = torch.sparse_coo_tensor(ei.flip(0), w, shape).coalesce().to_sparse_csr()
+            at = torch.sparse_coo_tensor(ei, w, shape).coalesce().to_sparse_csr()
+            return a, at
+
+        a, at = self._norms.get(edge_index, (num_nodes,), build)
+        self._transposes = {id(a): at}  # for the propagate that follows
+        return a
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:  # type: ignore[override]
-        n = x.size(0)
-        ei, w = self._norms.get(
-            edge_index,
-            (n,),
-            lambda: gcn_norm(edge_index, None, n, add_self_loops=True, dtype=torch.float32),
-        )
-        return super().forward(x, ei, w.to(self.lin.weight.dtype))
+        """PyG's ``GCNConv.forward`` on the cached normalised adjacency: ``lin``, then
+        ``propagate`` (:meth:`message_and_aggregate`), plus the bias."""
+        return super().forward(x, self.normalized(edge_index, x.size(0)))
+
+    def message_and_aggregate(self, adj_t: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
+        r""":math:`\hat{\mathbf{A}}_{norm}\mathbf{X}` as one CSR product (:class:`Propagate`),
+        for any number of channels (a stack of members propagates all of theirs at once)."""
+        return Propagate.apply(adj_t, self._transposes[id(adj_t)], x)
+
+
+class Propagate(torch.autograd.Function):
+    r""":math:`\mathbf{A}\mathbf{Z}` for a constant CSR :math:`\mathbf{A}` with its
+    transpose given (the gradient is :math:`\mathbf{A}^\top\mathbf{G}`, no conversion of
+    formats on the way back: nothing syncs with the host, as a CUDA graph needs).
+
+    Shapes: ``a``, ``at`` :math:`(N, N)`, ``z`` :math:`(N, D)` → :math:`(N, D)`."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, at: Tensor, z: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.at = at
+        return a @ z
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor]:  # type: ignore[override]
+        return None, None, ctx.at @ grad.contiguous()
 
 
 def _gcn_conv(d_in: int, d_out: int) -> GCNConv:

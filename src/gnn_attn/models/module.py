@@ -25,6 +25,7 @@ from torchmetrics.classification import (
 )
 
 from gnn_attn.errors import TrainingDiverged
+from gnn_attn.models.sparse import dropout_stream
 
 DECAY_SCOPES = ("all", "weights", "first_layer")
 
@@ -175,6 +176,11 @@ class NodeClassifier(L.LightningModule):
         self._sums: dict[str, tuple[Tensor, int]] = {}
         self.test_report: dict[str, Any] = {}
         self._report: MetricCollection | None = None  # while a test stage runs
+        # the run's own dropout stream (drawn after the backbone's initialisation: it
+        # depends on the seed alone); one generator per device, made when first used
+        self.dropout_seed = int(torch.randint(0, 2**62, ()))
+        self._generators: dict[str, torch.Generator] = {}
+        self._generator_states: dict[str, Tensor] = {}  # restored from a checkpoint
 
     def forward(self, data: Data) -> Tensor:
         """Logits :math:`(N, C)` for the nodes of ``data`` (a batch that trims: of its
@@ -247,8 +253,23 @@ class NodeClassifier(L.LightningModule):
     def on_train_start(self) -> None:
         self._sums.clear()
 
+    def dropout_generator(self, device: torch.device) -> torch.Generator:
+        """The generator every dropout mask of the template's layers is drawn from while
+        this module trains on ``device`` (:func:`~gnn_attn.models.sparse.dropout_stream`):
+        seeded with :attr:`dropout_seed`, so the masks of a run depend on its seed alone,
+        and a stacked member drawing from its own copy gets the lone run's masks. Its
+        state is in the checkpoints (an exact resume)."""
+        key = str(torch.device(device))
+        if key not in self._generators:
+            gen = torch.Generator(device=device).manual_seed(self.dropout_seed)
+            if key in self._generator_states:
+                gen.set_state(self._generator_states.pop(key))
+            self._generators[key] = gen
+        return self._generators[key]
+
     def training_step(self, batch: Data, batch_idx: int) -> Tensor:
-        loss = self._step(batch, "train")
+        with dropout_stream(self.dropout_generator(batch.x.device)):
+            loss = self._step(batch, "train")
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"training diverged: train/loss is {float(loss)} at epoch {self.current_epoch}; "
@@ -349,9 +370,19 @@ class NodeClassifier(L.LightningModule):
         return self.net(data.x, data.edge_index, return_attention=True)[1]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.make_optimizer(self.net)
+
+    def make_optimizer(self, net: nn.Module, **extra: Any) -> torch.optim.Optimizer:
+        """The model config's optimizer over ``net``'s parameters (this module's backbone,
+        or a stack of its members: elementwise, each member's update is its lone
+        update), with the weight-decay scope; ``fused`` where the class takes it (one
+        kernel per tensor, and a stack and a lone run round alike); ``extra``: more
+        arguments (``capturable``)."""
         hp = self.hparams
-        groups = decay_groups(self.net, hp.weight_decay_on)
-        return self.optimizer_class(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        kwargs: dict[str, Any] = {"lr": hp.lr, "weight_decay": hp.weight_decay, **extra}
+        if accepts(self.optimizer_class, "fused"):
+            kwargs["fused"] = True
+        return self.optimizer_class(decay_groups(net, hp.weight_decay_on), **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["val_acc_best"] = self.val_acc_best
@@ -361,6 +392,7 @@ class NodeClassifier(L.LightningModule):
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "numpy": _numpy_state(),
             "python": random.getstate(),
+            "dropout": {k: g.get_state() for k, g in self._generators.items()},
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -373,6 +405,8 @@ class NodeClassifier(L.LightningModule):
             name, keys, pos, has_gauss, cached = rng["numpy"]
             np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
             random.setstate(rng["python"])
+            self._generators.clear()
+            self._generator_states = dict(rng.get("dropout", {}))
 
 
 def _means(stage: str, loss_sum: float, correct: float, count: float) -> dict[str, Tensor]:

@@ -8,7 +8,9 @@ already; dropout on the stored values of a CSR matrix has exactly the same distr
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -23,16 +25,40 @@ def is_csr(x: Tensor) -> bool:
     return x.layout == torch.sparse_csr
 
 
+_STREAM: list[torch.Generator] = []  # the generator dropout draws from (innermost last)
+
+
+@contextlib.contextmanager
+def dropout_stream(generator: torch.Generator | None) -> Iterator[None]:
+    """Draw every mask of :func:`keep_mask` (so every dropout of the template's layers)
+    from ``generator`` inside the block; ``None``: the global generator.
+
+    A run's dropout masks then depend on its own generator alone, not on what else draws
+    from the global one (data loaders, pictures): the member of a stack that draws from
+    a copy of it gets the lone run's masks (:class:`~gnn_attn.models.NodeClassifier`
+    owns one per run)."""
+    if generator is None:
+        yield
+        return
+    _STREAM.append(generator)
+    try:
+        yield
+    finally:
+        _STREAM.pop()
+
+
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> Tensor:
     r"""Boolean mask, each entry true with probability :math:`1 - p'`,
-    :math:`p' = \mathrm{round}(2^{16} p) / 2^{16}` (:math:`|p' - p| \le 8 \cdot 10^{-6}`).
+    :math:`p' = \mathrm{round}(2^{16} p) / 2^{16}` (:math:`|p' - p| \le 8 \cdot 10^{-6}`),
+    drawn from the generator of :func:`dropout_stream` (else the global one).
 
     Draws 16 random bits per entry, four entries per 64-bit random number: ~4× fewer
     generator calls than ``rand``/``bernoulli_`` (which dominate dropout on the CPU).
     """
     n = math.prod(shape)
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
-    bits = bits.random_(-(2**63), 2**63 - 1).view(torch.int16)[:n].view(shape)
+    generator = _STREAM[-1] if _STREAM else None
+    bits = bits.random_(-(2**63), 2**63 - 1, generator=generator).view(torch.int16)[:n].view(shape)
     return bits >= round(p * 65536) - 32768
 
 
@@ -50,10 +76,16 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
         return torch.sparse_csr_tensor(
             x.crow_indices(), x.col_indices(), values, x.shape, check_invariants=False
         )
+    return x * dropout_scale(x.shape, p, x.device)
+
+
+def dropout_scale(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> Tensor:
+    r"""What inverted dropout multiplies by: :math:`m_k / (1 - p')` (:func:`keep_mask`),
+    a float tensor of ``shape``."""
     drop = round(p * 65536)
     if drop >= 65536:
-        return x * 0.0
-    return x * keep_mask(x.shape, p, x.device) * (65536 / (65536 - drop))
+        return torch.zeros(shape, device=device)
+    return keep_mask(shape, p, device) * (65536 / (65536 - drop))
 
 
 class _Transpose:

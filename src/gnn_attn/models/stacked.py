@@ -1,29 +1,30 @@
 """Stacked members: :math:`S` copies of one backbone, each with its own weights, trained
-in one pass that shares the graph work.
+in one pass that shares the graph work — computed by the lone layers' own code.
 
 Every parameter of the lone backbone gets a leading member axis: the lone parameter
 :math:`\\theta` of shape :math:`(\\dots)` becomes :math:`(S, \\dots)`, and member :math:`s`
 is the lone backbone with :math:`\\theta = \\theta[s]` (:meth:`StackedNet.member_state_dict`
-gives its state dict, loadable into the lone class). What the members share:
+gives its state dict, loadable into the lone class). Nothing of a layer's math is written
+here; this module adds only what stacking adds:
 
-- **the first projection**: one sparse product serves every member. Each member drops out
-  its own copy of the input (its own mask, as a lone run draws one); the copies are one
-  block matrix :math:`(NS, FS)` (:func:`~gnn_attn.models.sparse.project_per_head` with a
-  "head" per member); without dropout it is one product :math:`\\mathbf{X}[\\mathbf{W}_1
-  \\Vert \\dots \\Vert \\mathbf{W}_S]`;
-- **the aggregation**: attention heads of all members are one head axis of :math:`SH`
-  heads, aggregated by one sparse product
-  (:class:`~gnn_attn.models.attention_ops.AttendAggregate`); GCN's normalised adjacency
-  multiplies the :math:`SC` channels of all members at once;
-- later projections are one batched product over members (:func:`torch.bmm`).
+- **per member, the lone code with the member's parameters**
+  (:func:`torch.func.functional_call`): the projections (a CSR input, the shared first
+  one, cannot be batched by ``vmap``; the per-member call is also what makes a member's
+  arithmetic its lone run's), a :class:`~gnn_attn.models.sparse.SparseLinear`, the heads'
+  combination (``vmap`` over members);
+- **once for all members, the lone code on a widened layer**: the attention of the
+  :math:`S` members' :math:`H` heads is one layer of :math:`SH` heads
+  (:meth:`FusedAttentionConv.widened <gnn_attn.models.gat_conv.FusedAttentionConv.widened>`):
+  its own ``scores`` and ``aggregate`` run once (a subclass that changes the score is
+  stacked with its change); GCN's propagation (the lone layer's ``propagate``) carries
+  the :math:`SC` channels of all members at once.
 
-Adam, L2 weight decay and dropout act elementwise, so a member's optimisation is a lone
-run's: with dropout off, member :math:`s` follows the lone run with the same initial
-weights to float precision (tested, every backbone, logits and gradients within 1e-5).
-What differs: the random stream. A lone run draws its dropout masks from the global
-generator one tensor at a time; the stack draws one tensor for all members, so member
-:math:`s` gets masks of the same distribution but not the same values as the lone run
-with seed :math:`s`.
+**Random streams.** Each member draws its dropout masks from its own generator
+(:meth:`NodeClassifier.dropout_generator <gnn_attn.models.NodeClassifier.dropout_generator>`
+of its lone run), with the lone shapes and in the lone order: the member's masks are the
+lone run's of its seed. With Adam, L2 weight decay and dropout elementwise, member
+:math:`s` is the lone run (tested: logits and gradients within 1e-5 with dropout off,
+``metrics.json`` equal to the lone run's with dropout on).
 
 What stacks here: :class:`~gnn_attn.models.MLP`, :class:`~gnn_attn.models.GCN`,
 :class:`~gnn_attn.models.GAT` with ``impl=fused``, without ``residual`` and
@@ -33,86 +34,107 @@ backbone stacks through ``torch.func`` (:mod:`gnn_attn.models.func_stack`).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn.conv.gcn_conv import gcn_norm
+from torch.func import functional_call, vmap
 
-from gnn_attn.models.attention_ops import AttendAggregate, AttentionGraph, dynamic_scores
+from gnn_attn.models.attention_ops import AttentionGraph
 from gnn_attn.models.cache import GraphCache
-from gnn_attn.models.gat_conv import FusedAttentionConv, FusedGATv2Conv
+from gnn_attn.models.gat_conv import FusedAttentionConv
 from gnn_attn.models.gcn import CachedGCNConv
-from gnn_attn.models.sparse import SparseLinear, dropout, project_per_head
+from gnn_attn.models.sparse import SparseLinear, dropout, dropout_stream
 from gnn_attn.models.stack import Hops, LayerStack, Readout, trim
 
+Streams = Sequence[torch.Generator | None]  # each member's dropout generator
 
-def project_members(h: Tensor, weight: Tensor, p: float, training: bool) -> Tensor:
-    r"""Each member's input times its weight, :math:`\mathbf{H}_s\mathbf{W}_s`.
 
-    Either ``h`` is the shared input :math:`(N, F)` (dense or CSR), dropped out here with
-    one mask per member, and ``weight`` is :math:`(F, S, P)`; or ``h`` is the members' own
-    inputs :math:`(N, S, F)` (already dropped out) and ``weight`` :math:`(S, F, P)`.
-    Returns :math:`(N, S, P)`."""
-    if h.dim() == 2:  # shared input: a "head" per member, each with its own mask
-        _, s, p_out = weight.shape
-        return project_per_head(h, weight, s, p, training).view(-1, s, p_out)
-    return torch.bmm(h.transpose(0, 1), weight).transpose(0, 1)
+class _Method(nn.Module):
+    """``module.<name>(*args)`` as a forward, so that :func:`functional_call` runs any
+    method of a layer with other parameters."""
+
+    def __init__(self, module: nn.Module, name: str) -> None:
+        super().__init__()
+        self.module, self.name = module, name
+
+    def forward(self, *args: Any) -> Any:
+        return getattr(self.module, self.name)(*args)
 
 
 class StackedLayer(nn.Module):
-    r"""The parameters of :math:`S` lone layers with a member axis.
+    r"""The parameters of :math:`S` lone layers with a leading member axis, and the lone
+    layer itself (not a submodule: its parameters are not the stack's) to compute with.
 
-    A lone parameter ``name`` of shape :math:`(\dots)` is :meth:`param` ``(name)`` of
-    shape :math:`(S, \dots)`, except the projection weight (``weight_name``), stored as
-    :math:`(S, F, P)` — or :math:`(F, S, P)` in a layer with the shared input
-    (``shared_input``), so that one product projects it for all members without a copy.
-    Subclasses compute the layer for all members at once: ``forward(h, edge_index, p,
-    num_dst)`` with ``h`` the shared input :math:`(N, F)` (``p`` its dropout, drawn per
-    member) or :math:`(N, S, F)`; output :math:`(N', S, F')`."""
+    Subclasses compute the layer for all members: ``forward(inputs, edge_index, num_dst,
+    streams)`` with ``inputs`` the members' inputs (:math:`S` tensors :math:`(N, F)`,
+    dense or CSR, dropped out already) → :math:`(N', S, F')`; ``streams``: the members'
+    dropout generators, for dropout inside the layer."""
 
-    weight_name = "weight"
-    weight_transposed = False  # the lone weight is (P, F) (a Linear's), not (F, P)
-
-    def __init__(self, layers: Sequence[nn.Module], shared_input: bool) -> None:
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
         super().__init__()
         self.members = len(layers)
-        self.weight_dim = 1 if shared_input else 0  # the member axis of the weight
+        self.__dict__["lone"] = copy.deepcopy(layers[0])  # its settings; not a submodule
         self.names = [name for name, _ in layers[0].named_parameters()]
         owned = [dict(layer.named_parameters()) for layer in layers]
         self.stacked = nn.ParameterDict(
             {
-                _key(name): nn.Parameter(self._stack(name, [own[name].detach() for own in owned]))
+                _key(name): nn.Parameter(torch.stack([own[name].detach() for own in owned]))
                 for name in self.names
             }
         )
-
-    def _stack(self, name: str, values: list[Tensor]) -> Tensor:
-        if name != self.weight_name:
-            return torch.stack(values)
-        if self.weight_transposed:
-            values = [v.t() for v in values]
-        return torch.stack(values, dim=self.weight_dim).contiguous()
+        self._methods: dict[tuple[int, str], _Method] = {}
 
     def param(self, name: str) -> Tensor:
         return self.stacked[_key(name)]
 
-    def member_axes(self) -> list[tuple[Tensor, int]]:
-        """Every stacked parameter with the position of its member axis."""
+    def _apply(self, fn: Any, recurse: bool = True) -> StackedLayer:  # .to(device) & co.
+        self.lone._apply(fn, recurse)  # its buffers and caches follow the stack
+        return super()._apply(fn, recurse)
+
+    def train(self, mode: bool = True) -> StackedLayer:
+        self.lone.train(mode)
+        return super().train(mode)
+
+    def call(self, module: nn.Module, method: str, params: dict[str, Tensor], *args: Any) -> Any:
+        """``module.<method>(*args)`` with ``params`` (lone names) in place of its own."""
+        key = (id(module), method)
+        if key not in self._methods:
+            self._methods[key] = _Method(module, method)
+        named = {f"module.{k}": v for k, v in params.items()}
+        return functional_call(self._methods[key], named, args, strict=False)
+
+    def member_params(self, prefix: str = "") -> list[dict[str, Tensor]]:
+        """Each member's parameters under the lone names (those under ``prefix``, with it
+        removed): views of the stacked ones (:meth:`~torch.Tensor.unbind`: one backward
+        node gathers every member's gradient)."""
+        names = [n for n in self.names if n.startswith(prefix)]
+        views = [self.param(n).unbind(0) for n in names]
         return [
-            (self.param(n), self.weight_dim if n == self.weight_name else 0) for n in self.names
+            {n.removeprefix(prefix): v[s] for n, v in zip(names, views, strict=True)}
+            for s in range(self.members)
         ]
 
-    def weight(self) -> Tensor:
-        """The projection weight, :math:`(F, S, P)` or :math:`(S, F, P)` (see above)."""
-        return self.param(self.weight_name)
+    def per_member(self, method: str, inputs: Sequence[Tensor], prefix: str = "") -> Tensor:
+        r"""The lone ``<prefix>.<method>`` of every member on its own input, with its own
+        parameters, stacked: :math:`S \times (N, P) \to (N, S, P)`."""
+        module = self.lone.get_submodule(prefix.rstrip(".")) if prefix else self.lone
+        outs = [
+            self.call(module, method, params, x)
+            for params, x in zip(self.member_params(prefix), inputs, strict=True)
+        ]
+        return torch.stack(outs, dim=1)
+
+    def member_axes(self) -> list[tuple[Tensor, int]]:
+        """Every stacked parameter with the position of its member axis (0)."""
+        return [(self.param(n), 0) for n in self.names]
 
     def select(self, index: Tensor) -> None:
         """Keep the members at ``index`` (new parameters, in that order)."""
-        for name, (p, axis) in zip(self.names, self.member_axes(), strict=True):
-            kept = p.detach().index_select(axis, index).contiguous()
+        for name in self.names:
+            kept = self.param(name).detach().index_select(0, index).contiguous()
             self.stacked[_key(name)] = nn.Parameter(kept)
         self.members = int(index.numel())
 
@@ -129,11 +151,7 @@ class StackedLayer(nn.Module):
                 value = value.grad
             elif values is not None:
                 value = values[id(value)]
-            if name == self.weight_name:
-                value = value.select(self.weight_dim, s)
-                state[name] = value.t() if self.weight_transposed else value
-            else:
-                state[name] = value[s]
+            state[name] = value[s]
         return state
 
 
@@ -142,117 +160,147 @@ def _key(name: str) -> str:
 
 
 class StackedLinear(StackedLayer):
-    r""":class:`~gnn_attn.models.sparse.SparseLinear` (weight :math:`(F', F)`, bias) per
-    member: :math:`\mathbf{H}_s\mathbf{W}_s^\top + \mathbf{b}_s`."""
+    r""":class:`~gnn_attn.models.sparse.SparseLinear` per member: its own forward,
+    :math:`\mathbf{H}_s\mathbf{W}_s^\top + \mathbf{b}_s`."""
 
-    weight_transposed = True
-
-    def forward(self, h: Tensor, edge_index: Tensor, p: float, num_dst: int | None) -> Tensor:
-        out = project_members(h, self.weight(), p, self.training)
-        return out + self.param("bias").unsqueeze(0)
+    def forward(
+        self, inputs: Sequence[Tensor], edge_index: Tensor, num_dst: int | None, streams: Streams
+    ) -> Tensor:
+        return self.per_member("forward", inputs)
 
 
 class StackedGCNConv(StackedLayer):
-    r""":class:`~gnn_attn.models.gcn.CachedGCNConv` per member,
-    :math:`\hat{\mathbf{D}}^{-1/2}\hat{\mathbf{A}}\hat{\mathbf{D}}^{-1/2}\mathbf{H}_s
-    \mathbf{W}_s^\top + \mathbf{b}_s`: the normalised adjacency (a CSR matrix, built once
-    per graph) multiplies all members' channels :math:`(N, SF')` in one product."""
+    r""":class:`~gnn_attn.models.gcn.CachedGCNConv` per member: its ``lin`` per member,
+    then one call of its ``propagate`` with the lone normalisation
+    :math:`\hat{\mathbf{D}}^{-1/2}\hat{\mathbf{A}}\hat{\mathbf{D}}^{-1/2}` on all
+    members' channels :math:`(N, SF')`, plus each member's bias."""
 
-    weight_name = "lin.weight"
-    weight_transposed = True
-
-    def __init__(self, layers: Sequence[nn.Module], shared_input: bool) -> None:
-        super().__init__(layers, shared_input)
-        self._adjacency: GraphCache[Tensor] = GraphCache()
-
-    def adjacency(self, edge_index: Tensor, n: int) -> tuple[Tensor, Tensor]:
-        """The normalised adjacency and its transpose (CSR, ``[target, source]``)."""
-
-        def build() -> tuple[Tensor, Tensor]:
-            ei, w = gcn_norm(edge_index, None, n, add_self_loops=True, dtype=torch.float32)
-            a = torch.sparse_coo_tensor(ei.flip(0), w, (n, n)).coalesce().to_sparse_csr()
-            at = torch.sparse_coo_tensor(ei, w, (n, n)).coalesce().to_sparse_csr()
-            return a, at
-
-        return self._adjacency.get(edge_index, (n,), build)
-
-    def forward(self, h: Tensor, edge_index: Tensor, p: float, num_dst: int | None) -> Tensor:
-        z = project_members(h, self.weight(), p, self.training)
+    def forward(
+        self, inputs: Sequence[Tensor], edge_index: Tensor, num_dst: int | None, streams: Streams
+    ) -> Tensor:
+        lone: CachedGCNConv = self.lone  # type: ignore[assignment]
+        z = self.per_member("forward", inputs, prefix="lin.")  # (N, S, F')
         n, s, f = z.shape
-        out = Propagate.apply(*self.adjacency(edge_index, n), z.reshape(n, s * f))
-        return out.view(n, s, f) + self.param("bias").unsqueeze(0)
-
-
-class Propagate(torch.autograd.Function):
-    r""":math:`\mathbf{A}\mathbf{Z}` for a constant CSR :math:`\mathbf{A}` with its
-    transpose given (the gradient is :math:`\mathbf{A}^\top\mathbf{G}`, no conversion of
-    formats on the way back: nothing syncs with the host, as a CUDA graph needs).
-
-    Shapes: ``a``, ``at`` :math:`(N, N)`, ``z`` :math:`(N, D)` → :math:`(N, D)`."""
-
-    @staticmethod
-    def forward(ctx: Any, a: Tensor, at: Tensor, z: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.at = at
-        return a @ z
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor]:  # type: ignore[override]
-        return None, None, ctx.at @ grad.contiguous()
+        adj = lone.normalized(edge_index, n)
+        out = lone.propagate(adj, x=z.reshape(n, s * f), edge_weight=None)
+        return vmap(torch.add, in_dims=(1, 0), out_dims=1)(out.view(n, s, f), self.param("bias"))
 
 
 class StackedGATConv(StackedLayer):
-    r""":class:`~gnn_attn.models.gat_conv.FusedGATConv` or ``FusedGATv2Conv`` per member:
-    the :math:`H` heads of the :math:`S` members are one axis of :math:`SH` heads (head
-    :math:`k` of member :math:`s` is head :math:`sH + k`), so scores, softmax, dropout and
-    aggregation run once for all (the formulas are the lone layers')."""
+    r""":class:`~gnn_attn.models.gat_conv.FusedGATConv` or ``FusedGATv2Conv`` (or a
+    subclass) per member. The projections are the lone ``project`` per member; the
+    :math:`H` heads of the :math:`S` members are then the :math:`SH` heads of the lone
+    layer's :meth:`~gnn_attn.models.gat_conv.FusedAttentionConv.widened` copy (head
+    :math:`k` of member :math:`s` is head :math:`sH + k`), whose own ``scores`` and
+    ``aggregate`` run once for all; each member's dropout masks are drawn by the lone
+    ``dropout_scales`` from its own stream and laid out in the widened order; the lone
+    ``combine`` gives each member's output (``vmap`` over members)."""
 
-    def __init__(self, layers: Sequence[FusedAttentionConv], shared_input: bool) -> None:
-        super().__init__(layers, shared_input)
-        lone = layers[0]
-        self.heads, self.out_channels, self.concat = lone.heads, lone.out_channels, lone.concat
-        self.negative_slope, self.attn_dropout = lone.negative_slope, lone.dropout
-        self.feat_dropout, self.v2 = lone.feat_dropout, isinstance(lone, FusedGATv2Conv)
+    def __init__(self, layers: Sequence[FusedAttentionConv]) -> None:
+        super().__init__(layers)
+        self.__dict__["wide"] = layers[0].widened(len(layers))
+        self.__dict__["wide_size"] = len(layers)
         self._graphs: GraphCache[AttentionGraph] = GraphCache()
+        self._orders: dict[tuple[int, int], Tensor] = {}
 
-    def forward(self, h: Tensor, edge_index: Tensor, p: float, num_dst: int | None) -> Tensor:
-        s, k, c = self.members, self.members * self.heads, self.out_channels
-        n = h.size(0)
+    def _wide(self, device: torch.device) -> FusedAttentionConv:
+        """The widened lone layer for the current member count, on ``device``."""
+        if self.wide_size != self.members:  # the stack shrank
+            self.__dict__["wide"] = self.lone.widened(self.members)
+            self.__dict__["wide_size"] = self.members
+        wide: FusedAttentionConv = self.wide
+        wide.to(device)  # its buffers, if a subclass has any (a no-op when there)
+        wide.train(self.training)
+        return wide
+
+    def _wide_order(self, g: AttentionGraph, heads: int) -> Tensor:
+        r"""Where the lone layout's attention entries of each member go in the widened
+        layout: entry :math:`q` of member :math:`s` (target :math:`i`, head :math:`k`,
+        source :math:`j`: lone position :math:`H p_i + k d_i + r_j`) is at
+        :math:`q + (S-1) H p_i + s H d_i` (:math:`p_i` the CSR offset of target
+        :math:`i`, :math:`d_i` its in-degree). :math:`(S \cdot E'H)`, member-major."""
+        key = (id(g), self.members)
+        if key not in self._orders:
+            lone = g.layout(heads)
+            target = torch.div(lone.row, heads, rounding_mode="floor")
+            start, deg = g.ptr.index_select(0, target), g.ptr.diff().index_select(0, target)
+            q = torch.arange(lone.row.numel(), device=lone.row.device)
+            s = torch.arange(self.members, device=q.device).view(-1, 1)
+            base = q + (self.members - 1) * heads * start
+            self._orders[key] = (base + s * heads * deg).reshape(-1)
+        return self._orders[key]
+
+    def forward(
+        self, inputs: Sequence[Tensor], edge_index: Tensor, num_dst: int | None, streams: Streams
+    ) -> Tensor:
+        lone: FusedAttentionConv = self.lone  # type: ignore[assignment]
+        s, h, c = self.members, lone.heads, lone.out_channels
+        n = inputs[0].size(0)
         g = self._graphs.get(
             edge_index, (n, num_dst), lambda: AttentionGraph(edge_index, n, num_dst)
         )
-        proj = project_members(h, self.weight(), p, self.training)  # (N, S, n·H·C)
-        if self.v2:
-            proj = proj + self.param("lin_bias").unsqueeze(0)
-            hc = self.heads * c
-            x_src = proj[..., :hc].reshape(n, k, c)
-            x_dst = proj[..., hc:].reshape(n, k * c)
-            att = self.param("att").reshape(k, c)
-            if torch.is_grad_enabled():
-                z = x_src.reshape(n, k * c).index_select(0, g.src) + x_dst.index_select(0, g.dst)
-                z = F.leaky_relu(z, self.negative_slope).view(-1, k, c)
-                e = (z * att).sum(-1)
-            else:  # validation: in cache-sized blocks
-                e = dynamic_scores(x_src.reshape(n, k * c), x_dst, att, g, self.negative_slope)
-        else:
-            x_src = proj.reshape(n, k, c)
-            a_src = (x_src * self.param("att_src").reshape(k, c)).sum(-1)  # (N, SH)
-            a_dst = (x_src * self.param("att_dst").reshape(k, c)).sum(-1)
-            e = a_src.index_select(0, g.src) + a_dst.index_select(0, g.dst)
-            e = F.leaky_relu(e, self.negative_slope)
-        x_msg = dropout(x_src, self.feat_dropout, self.training)
-        out = AttendAggregate.apply(e, x_msg, g.layout(k), self.attn_dropout, self.training)
-        if self.concat:
-            out = out.reshape(g.num_dst, s, self.heads * c)
-        else:
-            out = out.view(g.num_dst, s, self.heads, c).mean(dim=2)
-        return out + self.param("bias").unsqueeze(0)
+        wide = self._wide(inputs[0].device)
+        proj = self.per_member("project", inputs)  # (N, S, n·H·C), each the lone layout
+        n_proj = proj.size(-1) // (h * c)
+        proj = proj.view(n, s, n_proj, h * c).transpose(1, 2).reshape(n, n_proj * s * h * c)
+        params = {
+            name: lone.widen_parameter(name, self.param(name))
+            for name in self.names
+            if name not in ("weight", "bias")
+        }
+        e, x_src = self.call(wide, "scores", params, proj, g)  # (E', SH), (N, SH, C)
+        scales = self._member_scales(lone, g, (n, h, c), streams)
+        out = wide.aggregate(e, x_src, g, scales)  # (N_d, SH, C)
+        out = out.view(g.num_dst, s, h, c)
+
+        def combine(o: Tensor, bias: Tensor) -> Tensor:
+            return self.call(lone, "combine", {"bias": bias}, o)
+
+        return vmap(combine, in_dims=(1, 0), out_dims=1)(out, self.param("bias"))
+
+    def _member_scales(
+        self,
+        lone: FusedAttentionConv,
+        g: AttentionGraph,
+        x_shape: tuple[int, int, int],
+        streams: Streams,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Each member's lone dropout (:meth:`dropout_scales`, from its own stream), in
+        the widened layout: features :math:`(N, SH, C)`, attention in the widened CSR
+        order."""
+        if not self.training:
+            return None, None
+        lone.train()
+        layout = g.layout(lone.heads)
+        feats, attns = [], []
+        for stream in streams:
+            with dropout_stream(stream):
+                feat, attn = lone.dropout_scales(torch.Size(x_shape), layout)
+            feats.append(feat)
+            attns.append(attn)
+        n, h, c = x_shape
+        feat = None if feats[0] is None else torch.stack(feats, 1).view(n, -1, c)
+        attn = None
+        if attns[0] is not None:
+            values = torch.cat(attns)
+            attn = torch.empty_like(values)
+            attn[self._wide_order(g, h)] = values
+        return feat, attn
 
 
-STACKED: dict[type, type[StackedLayer]] = {
+STACKED: dict[type, type[StackedLayer]] = {  # a lone layer (or a subclass) → its stack
     SparseLinear: StackedLinear,
     CachedGCNConv: StackedGCNConv,
-    **{cls: StackedGATConv for cls in FusedAttentionConv.__subclasses__()},
+    FusedAttentionConv: StackedGATConv,
 }
+
+
+def stacked_class(layer: nn.Module) -> type[StackedLayer] | None:
+    """The :class:`StackedLayer` of a lone layer (of its class or a base), if any."""
+    for base, stacked in STACKED.items():
+        if isinstance(layer, base):
+            return stacked
+    return None
 
 
 def why_not_stackable(net: nn.Module) -> str | None:
@@ -265,7 +313,7 @@ def why_not_stackable(net: nn.Module) -> str | None:
     for layer in net.layers:
         if isinstance(layer, Readout):
             return f"{name} with a linear read-out does not stack"
-        if type(layer) not in STACKED:
+        if stacked_class(layer) is None:
             return f"{name}'s layer {type(layer).__name__} does not stack (GAT needs impl=fused)"
         if getattr(layer, "input_dropout", 0.0) > 0:
             return f"{name} with dropout_per_head=true does not stack"
@@ -283,13 +331,16 @@ class StackedNet(nn.Module):
     Args:
         members: the lone backbones, all of one class and one configuration (different
             weights); their weights are copied in.
+        streams: each member's dropout generator (its lone run's,
+            :meth:`~gnn_attn.models.NodeClassifier.dropout_generator`); ``None``: all
+            draw from the global generator, member after member.
 
     Shapes: ``x`` :math:`(N, F_{in})` (dense or CSR, shared by the members),
     ``edge_index`` :math:`(2, E)` → logits :math:`(N, S, C)` (a sampled or receptive-field
     batch with ``hops``: its seeds' rows).
     """
 
-    def __init__(self, members: Sequence[LayerStack]) -> None:
+    def __init__(self, members: Sequence[LayerStack], streams: Streams | None = None) -> None:
         super().__init__()
         lone = members[0]
         reason = why_not_stackable(lone)
@@ -297,9 +348,10 @@ class StackedNet(nn.Module):
             raise ValueError(reason)
         self.members = len(members)
         self.dropout, self.act, self.trims = lone.dropout, lone.act, lone.trims
+        self.streams: list[torch.Generator | None] = list(streams or [None] * len(members))
         self.layers = nn.ModuleList(
-            STACKED[type(group[0])](group, shared_input=i == 0)
-            for i, group in enumerate(zip(*(m.layers for m in members), strict=True))
+            stacked_class(group[0])(group)  # type: ignore[misc]
+            for group in zip(*(m.layers for m in members), strict=True)
         )
         self._prefixes = [f"layers.{i}." for i in range(len(self.layers))]
         self._template = {k: v.detach().clone() for k, v in lone.state_dict().items()}
@@ -314,14 +366,19 @@ class StackedNet(nn.Module):
             n_out = None
             if hops is not None and self.trims:
                 n_out, edge_index = trim(hops, i, n_layers, edge_index)
-            if i == 0:  # the shared input: each member's mask is drawn in the projection
-                out = layer(h, edge_index, self.dropout, n_out)
-            else:
-                out = layer(dropout(h, self.dropout, self.training), edge_index, 0.0, n_out)
+            # each member's input: its own dropout mask of the shared input, or of its own
+            inputs = [self._input(h if i == 0 else h[:, s], s) for s in range(self.members)]
+            out = layer(inputs, edge_index, n_out, self.streams)
             h = out if n_out is None else out[:n_out]
             if i < n_layers - 1:
                 h = self.act(h)
         return h
+
+    def _input(self, h: Tensor, s: int) -> Tensor:
+        """Member ``s``'s dropout of ``h`` (:math:`(N, F)`), from its own stream."""
+        with dropout_stream(self.streams[s]):
+            out = dropout(h, self.dropout, self.training)
+        return out if out.layout != torch.strided else out.contiguous()
 
     def member_state_dict(self, s: int, values: dict[int, Tensor] | None = None) -> dict[str, Any]:
         """Member ``s`` as a state dict of the lone backbone (buffers from the first
@@ -338,6 +395,7 @@ class StackedNet(nn.Module):
         every parameter is replaced by a smaller one."""
         for layer in self.layers:
             layer.select(index)
+        self.streams = [self.streams[i] for i in index.tolist()]
         self.members = int(index.numel())
 
     def member_axes(self) -> list[tuple[Tensor, int]]:

@@ -40,7 +40,7 @@ from gnn_attn.console import quiet, ranges
 from gnn_attn.errors import TrainingDiverged, UserError, is_out_of_memory, out_of_memory_error
 from gnn_attn.models import NodeClassifier, count_parameters
 from gnn_attn.models.func_stack import FunctionalStack, probe, stack_or_reason
-from gnn_attn.models.module import accepts, decay_groups
+from gnn_attn.models.module import accepts
 from gnn_attn.models.stack import LayerStack
 from gnn_attn.models.stacked import StackedNet, why_not_stackable
 from gnn_attn.run.build import (
@@ -272,7 +272,10 @@ class StackTrainer:
             scored_batch(self.datamodule, stage, self.device) for stage in ("train", "val", "test")
         )
         if reason is None:
-            self.net: StackedNet | FunctionalStack = StackedNet([m.net for m in self.modules])
+            streams = [m.dropout_generator(self.device) for m in self.modules]
+            self.net: StackedNet | FunctionalStack = StackedNet(
+                [m.net for m in self.modules], streams
+            )
         elif self.device.type == "cpu" and not torch_func_on_cpu:
             raise NotStackable(
                 f"{type(lone).__name__} stacks only through torch.func, which on the CPU is "
@@ -334,14 +337,11 @@ class StackTrainer:
     def _optimizer(self) -> torch.optim.Optimizer:
         """The model config's optimizer on the stacked parameters, with the lone run's
         weight-decay scope (elementwise: each member's update is its lone update)."""
-        hp = self.modules[0].hparams  # the lone run's optimizer settings
-        make = self.modules[0].optimizer_class
-        kwargs: dict[str, Any] = {"lr": hp.lr, "weight_decay": hp.weight_decay}
-        if accepts(make, "fused"):
-            kwargs["fused"] = True  # one kernel per tensor: the stacked tensors are large
-        if self.cuda_graph and accepts(make, "capturable"):
-            kwargs["capturable"] = True  # its step counter on the device: graph-safe
-        return make(decay_groups(self.net, hp.weight_decay_on), **kwargs)
+        lone = self.modules[0]
+        extra = {}
+        if self.cuda_graph and accepts(lone.optimizer_class, "capturable"):
+            extra["capturable"] = True  # its step counter on the device: graph-safe
+        return lone.make_optimizer(self.net, **extra)
 
     def run_epochs(self, n: int) -> None:
         """``n`` epochs with no host sync: training step, validation forward, metrics
