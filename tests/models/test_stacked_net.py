@@ -10,6 +10,9 @@ import pytest
 import torch
 
 from gnn_attn.models import GAT, GCN, MLP
+from gnn_attn.models.attention_ops import AttentionGraph
+from gnn_attn.models.gat_conv import FusedGATv2Conv
+from gnn_attn.models.gcn import CachedGCNConv
 from gnn_attn.models.stack import LayerStack
 from gnn_attn.models.stacked import StackedNet, why_not_stackable
 
@@ -85,3 +88,41 @@ def test_what_does_not_stack_says_why() -> None:
     assert "not one of" in why_not_stackable(torch.nn.Linear(F, C))
     with pytest.raises(ValueError, match="residual"):
         StackedNet([MLP(F, C, residual=True)])
+
+
+class TanhScoreGATv2(FusedGATv2Conv):
+    """A fork of the lone GATv2 layer: tanh in place of LeakyReLU in the score."""
+
+    def scores(self, proj: torch.Tensor, g: AttentionGraph) -> tuple[torch.Tensor, torch.Tensor]:
+        n, h, c = proj.size(0), self.heads, self.out_channels
+        x_src, x_dst = proj[:, : h * c], proj[:, h * c :]
+        z = x_src.index_select(0, g.src) + x_dst.index_select(0, g.dst)
+        return (torch.tanh(z).view(-1, h, c) * self.att).sum(-1), x_src.reshape(n, h, c)
+
+
+class DoubledGCNConv(CachedGCNConv):
+    """A fork of the lone GCN propagation: twice the normalised sum."""
+
+    def message_and_aggregate(self, adj_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().message_and_aggregate(adj_t, x)
+
+
+@pytest.mark.parametrize(("name", "fork"), [("gatv2", TanhScoreGATv2), ("gcn", DoubledGCNConv)])
+def test_an_edit_of_a_lone_layer_is_stacked_with_it(name: str, fork: type) -> None:
+    """A subclass that changes the lone layer's math (the GATv2 score, GCN's
+    propagation) stacks with its change: each member is its edited lone backbone."""
+    x, edge_index = graph()
+    lones, plain = [], []  # each seed's lone backbone, edited; its unedited output
+    for seed in range(3):
+        torch.manual_seed(seed)
+        net = BACKBONES[name]()
+        plain.append(net(x, edge_index).detach())
+        for layer in net.layers:
+            layer.__class__ = fork
+        lones.append(net)
+    out = StackedNet(lones)(x, edge_index)
+    for s, lone in enumerate(lones):
+        ref = lone(x, edge_index)
+        assert not torch.allclose(ref, plain[s])  # the edit changes the lone output
+        # and the stack computes the edited one (GCN's CSR product rounds by width)
+        torch.testing.assert_close(out[:, s], ref, atol=1e-6, rtol=1e-6)

@@ -25,6 +25,11 @@ class GraphCache(Generic[T]):
         self.size = size
         self._entries: OrderedDict[Hashable, tuple[T, Tensor]] = OrderedDict()
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> GraphCache[T]:
+        """A copy of a layer starts with an empty cache (what it holds is derived from
+        graphs, rebuilt when they come; CSR tensors cannot be deep-copied)."""
+        return GraphCache(self.size)
+
     def get(self, tensor: Tensor, extra: tuple[Any, ...], build: Callable[[], T]) -> T:
         key = (tensor.data_ptr(), tuple(tensor.shape), tensor.device, *extra)
         hit = self._entries.get(key)

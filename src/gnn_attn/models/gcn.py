@@ -66,7 +66,7 @@ class CachedGCNConv(GCNConv):
         super().__init__(in_channels, out_channels, normalize=False, **kwargs)
         self.lin = sparse_aware(self.lin)  # same weights; also takes CSR features
         self._norms: GraphCache[tuple[Tensor, Tensor]] = GraphCache()
-        self._transposes: dict[int, Tensor] = {}  # id of a cached adjacency → its transpose
+        self._transposes: GraphCache[Tensor] = GraphCache()  # adjacency values → A^T
 
     def normalized(self, edge_index: Tensor, num_nodes: int) -> Tensor:
         r"""The normalised adjacency :math:`\hat{\mathbf{D}}^{-1/2}\hat{\mathbf{A}}
@@ -81,7 +81,7 @@ class CachedGCNConv(GCNConv):
             return a, at
 
         a, at = self._norms.get(edge_index, (num_nodes,), build)
-        self._transposes = {id(a): at}  # for the propagate that follows
+        self._transposes.get(a.values(), (), lambda: at)
         return a
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:  # type: ignore[override]
@@ -92,7 +92,8 @@ class CachedGCNConv(GCNConv):
     def message_and_aggregate(self, adj_t: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
         r""":math:`\hat{\mathbf{A}}_{norm}\mathbf{X}` as one CSR product (:class:`Propagate`),
         for any number of channels (a stack of members propagates all of theirs at once)."""
-        return Propagate.apply(adj_t, self._transposes[id(adj_t)], x)
+        at = self._transposes.get(adj_t.values(), (), lambda: adj_t.t().to_sparse_csr())
+        return Propagate.apply(adj_t, at, x)
 
 
 class Propagate(torch.autograd.Function):

@@ -213,8 +213,6 @@ def check_command_line(argv: list[str], config_name: str) -> str | None:
     if missing:
         raise UserError(f"{missing[0]}: missing mandatory value; pass {missing[0]}=...")
     key = "sweep" if multirun or cfg.hydra.mode == RunMode.MULTIRUN else "run"
-    if key == "run" and cfg.hydra.runtime.choices.get("hydra/launcher") == "stacked":
-        print("hydra/launcher=stacked stacks the seeds of a sweep (-m); this one run trains alone")
     _check_writable(Path(OmegaConf.select(cfg, f"hydra.{key}.dir")), f"hydra.{key}.dir")
     if key != "sweep":
         return None

@@ -45,6 +45,7 @@ from gnn_attn.models.stack import LayerStack
 from gnn_attn.models.stacked import StackedNet, why_not_stackable
 from gnn_attn.run.build import (
     build_data,
+    build_data_and_model,
     build_loggers,
     build_model,
     build_node,
@@ -630,6 +631,38 @@ def finish_member(cfg: DictConfig, result: MemberResult) -> float:
         lg.log_hyperparams(run_config)
         for row in result.history:
             lg.log_metrics(row, step=row["epoch"])
+    metrics = {**result.metrics, **member_pictures(cfg, result.checkpoint["state_dict"], loggers)}
+    for lg in loggers:
         lg.finalize("success")
-    publish(result.metrics, loggers, out_dir)
-    return optimized_value(cfg, result.metrics)
+    publish(metrics, loggers, out_dir)
+    return optimized_value(cfg, metrics)
+
+
+def member_pictures(cfg: DictConfig, selected: dict[str, Tensor], loggers: list) -> dict[str, Any]:
+    """The ``callbacks`` of member ``cfg`` (its pictures), as its lone run has them, on a
+    real Trainer: the "before" ones (``on_fit_start``) on its initial weights — the model
+    built from its seed, as the stack built it — then the "after" ones (``on_test_end``)
+    on its selected weights ``selected`` (a state dict of the module). Returns the
+    numbers they computed (for ``metrics.json``)."""
+    callbacks = [build_node(f"callbacks.{k}", c) for k, c in (cfg.get("callbacks") or {}).items()]
+    if not callbacks:
+        return {}
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    datamodule, module = build_data_and_model(cfg, "fit", run_config)
+    trainer: L.Trainer = build_node(
+        "trainer",
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        max_epochs=0,  # fit: its start only (the pictures before training)
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    module.load_state_dict(selected)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    summary: dict[str, Any] = {}
+    for cb in callbacks:
+        summary.update(getattr(cb, "summary", None) or {})
+    return summary
