@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import statistics
 import tempfile
@@ -43,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch import nn
-from torch_geometric.nn import GATConv, GATv2Conv, GCNConv
+from torch_geometric.nn import GATConv, GATv2Conv, GCNConv, SAGEConv
 
 from gnn_attn.console import quiet
 from gnn_attn.data import PlanetoidDataModule
@@ -113,7 +114,31 @@ def plain_loop(
     return {"ms_per_epoch": ms, "test_acc": test_at_best}
 
 
-def ours(model: str, dataset: str, epochs: int, seed: int, out_dir: Path) -> dict[str, float]:
+class SAGE(nn.Module):
+    """A user's backbone for (e): plain PyG ``SAGEConv`` layers, no template code, taking
+    ``gcn.yaml``'s arguments (the README's example, sized by the config)."""
+
+    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int = 16,
+                 num_layers: int = 2, dropout: float = 0.5, activation: str = "relu",
+                 residual: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        sizes = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
+        self.convs = nn.ModuleList(SAGEConv(a, b) for a, b in itertools.pairwise(sizes))
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        for i, conv in enumerate(self.convs):
+            x = conv(F.dropout(x, self.dropout, self.training), edge_index)
+            x = F.relu(x) if i < len(self.convs) - 1 else x
+        return x
+
+
+USER = ["model=gcn", f"model._target_={__name__}.SAGE", "model.name=sage"]  # (e)'s SAGE
+
+
+def ours(
+    model: str, dataset: str, epochs: int, seed: int, out_dir: Path, extra: tuple[str, ...] = ()
+) -> dict[str, float]:
     """(c): the real training run through Hydra's compose API and gnn_attn.run.train.run."""
     overrides = [
         f"model={model}",
@@ -127,6 +152,7 @@ def ours(model: str, dataset: str, epochs: int, seed: int, out_dir: Path) -> dic
         "trainer.enable_progress_bar=false",
         "print_config=false",
         "data.verbose=false",
+        *extra,
     ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
@@ -134,9 +160,12 @@ def ours(model: str, dataset: str, epochs: int, seed: int, out_dir: Path) -> dic
     return {"ms_per_epoch": metrics["ms_per_epoch"], "test_acc": metrics["test/acc"]}
 
 
-def stacked(model: str, dataset: str, epochs: int, size: int, out_dir: Path) -> dict[str, float]:
+def stacked(
+    model: str, dataset: str, epochs: int, size: int, out_dir: Path, extra: tuple[str, ...] = ()
+) -> dict[str, float]:
     """(e): ``size`` members (seeds 0..size-1) of (c)'s config as one stack, fixed epochs;
-    ms per member-epoch of the epoch loop (set-up not counted, as for (a)–(d))."""
+    ms per member-epoch of the epoch loop (set-up not counted, as for (a)–(d)). ``extra``
+    overrides (the user's SAGE: stacked through torch.func, also on the CPU)."""
     overrides = [
         f"model={model}",
         f"data={dataset}",
@@ -146,10 +175,11 @@ def stacked(model: str, dataset: str, epochs: int, size: int, out_dir: Path) -> 
         "callbacks=none",
         "logger=none",
         "data.verbose=false",
+        *extra,
     ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfgs = [compose("train", overrides=[*overrides, f"seed={s}"]) for s in range(size)]
-    trainer = StackTrainer(cfgs)
+    trainer = StackTrainer(cfgs, torch_func_on_cpu=bool(extra))
     trainer.fit()
     accs = [r.metrics["test/acc"] for r in trainer.results()]
     ms = 1000 * trainer.fit_seconds / trainer.member_epochs
@@ -249,6 +279,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--stack-sizes", nargs="*", type=int, default=[1, 10, 100], help="(e): members per stack"
     )
+    parser.add_argument(
+        "--user-epochs", type=int, default=20, help="(e) SAGE: epochs (0: leave it out)"
+    )
     parser.add_argument("--out", default="bench.json")
     args = parser.parse_args(argv)
     quiet()
@@ -312,6 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print_table(rows, args, device)
     if args.stack_sizes:
         print_stacked(rows, args.stack_sizes)
+    user = user_backbone(args) if args.user_epochs > 0 else []
     result = {
         "device": str(device),
         "torch": torch.__version__,
@@ -320,6 +354,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "reps": args.reps,
         "seeds": args.seeds,
         "rows": rows,
+        "user_backbone": user,
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
@@ -361,6 +396,31 @@ def print_stacked(rows: list[dict[str, Any]], sizes: list[int]) -> None:
             f"{r[f'stacked{n}_ms']:10.3f}{r['ours_ms'] / r[f'stacked{n}_ms']:7.1f}" for n in sizes
         )
         print(f"{r['dataset']:9s}{r['model']:7s}{r['ours_ms']:10.2f}{r['bare_ms']:10.2f}{cells}")
+
+
+def user_backbone(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """(e) for a user's backbone: the SAGE above, one run (c) and a stack of 10 (through
+    torch.func), ``--user-epochs`` epochs, interleaved over ``--reps`` (at most 3)."""
+    rows = []
+    print(f"\n(e) a user's backbone (SAGE, plain PyG), {args.user_epochs} epochs: "
+          "ms per (member-)epoch")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.datasets:
+            lone, stack = [], []
+            for rep in range(min(args.reps, 3)):
+                out = Path(tmp) / f"sage-{name}-{rep}"
+                lone.append(ours("gcn", name, args.user_epochs, 0, out, tuple(USER)))
+                stack.append(stacked("gcn", name, args.user_epochs, 10, out, tuple(USER)))
+            row = {
+                "dataset": name,
+                "model": "sage",
+                "ours_ms": statistics.median(r["ms_per_epoch"] for r in lone),
+                "stacked10_ms": statistics.median(r["ms_per_epoch"] for r in stack),
+            }
+            rows.append(row)
+            print(f"{name:9s}sage   (c) {row['ours_ms']:8.2f}   S=10 {row['stacked10_ms']:8.2f}"
+                  f"   c/S {row['ours_ms'] / row['stacked10_ms']:.2f}")  # fmt: skip
+    return rows
 
 
 if __name__ == "__main__":

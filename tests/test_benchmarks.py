@@ -30,6 +30,7 @@ def test_bench_compares_the_four_loops(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     args = ["--epochs", "3", "--reps", "1", "--models", "gat", "--datasets", "cora"]
     args += ["--stack-sizes", "1", "2"]  # (e) as a stack of one and of two members
+    args += ["--user-epochs", "2"]  # (e) for a user's SAGE, lone and stacked
     proc = _script("bench.py", *args, "--out", str(out), cwd=ROOT)
     result = json.loads(out.read_text())
     (row,) = result["rows"]
@@ -38,6 +39,8 @@ def test_bench_compares_the_four_loops(tmp_path: Path) -> None:
         assert row[f"{kind}_ms"] > 0 and 0 <= row[f"{kind}_acc"] <= 1
     assert row["a_over_c"] == row["article_ms"] / row["ours_ms"]
     assert "(a) article" in proc.stdout  # the printed table
+    (user,) = result["user_backbone"]
+    assert user["model"] == "sage" and user["ours_ms"] > 0 and user["stacked10_ms"] > 0
 
 
 @pytest.mark.slow

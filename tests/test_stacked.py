@@ -459,3 +459,24 @@ def test_a_plain_sweep_stacks_and_each_member_gets_its_lone_runs_pictures(
                       "trainer.max_epochs=2")  # fmt: skip
     assert "stacked launcher" not in basic.stdout
     assert all((tmp_path / "b" / str(j) / "metrics.json").is_file() for j in range(2))
+
+
+def test_a_members_history_reaches_its_csv_log_at_every_read_out(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """The stack writes each member's epochs to its CSV log at each read-out, before
+    its job is finished (W&B gets them when the stack ends)."""
+    cfgs = configs(tmp_path, cache_dir, range(2), "model=gcn", "data=cora",
+                   "trainer.max_epochs=20", "logger=csv")  # fmt: skip
+    stack = StackTrainer(cfgs, readout_every=5)
+    stack.log_live()
+    stack.max_epochs = 10  # two read-outs
+    stack.fit()
+    for s in range(2):
+        lines = (tmp_path / str(s) / "csv" / "metrics.csv").read_text().splitlines()
+        assert len(lines) == 1 + 10 and "val/acc_best" in lines[0]
+    stack.max_epochs = 20
+    stack.fit()  # two more read-outs: the rows follow
+    stack.close_live()
+    lines = (tmp_path / "0" / "csv" / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 1 + 20

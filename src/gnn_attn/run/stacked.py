@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 from torch_geometric.data import Data
 
@@ -54,6 +54,7 @@ from gnn_attn.run.build import (
 from gnn_attn.run.train import optimized_value, publish, write_json
 
 HISTORY = ("train/loss", "train/acc", "val/loss", "val/acc")
+LIVE = ("csv", "tensorboard")  # the loggers a stack writes as it trains (W&B: at its end)
 
 
 class NotStackable(UserError):
@@ -227,6 +228,7 @@ class MemberResult:
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint: dict[str, Any] = field(default_factory=dict)
     error: BaseException | None = None
+    live: list[str] = field(default_factory=list)  # logger kinds written while it trained
 
 
 def pick_device(cfg: DictConfig) -> torch.device:
@@ -309,6 +311,45 @@ class StackTrainer:
         self.members = list(range(s))  # the member (index into cfgs) at each position
         self.done: dict[int, Finished] = {}  # members that left the stack
         self.report = False  # a progress line at every read-out (the launcher's stacks)
+        self.live: dict[int, list[Any]] = {}  # member → its loggers written at read-outs
+        self._logged = [0] * s  # epochs of each member's history written to them
+        self._best_val = [-math.inf] * s
+
+    def log_live(self) -> None:
+        """Start each member's CSV and TensorBoard loggers (``cfg.logger``, W&B aside:
+        its run belongs to the member's Hydra job): its epoch history then reaches them at
+        every read-out, as the stack trains. Which logger kinds: :data:`LIVE`."""
+        for m, (cfg, rc) in enumerate(zip(self.cfgs, self.run_configs, strict=True)):
+            loggers = [
+                build_node(f"logger.{k}", v)
+                for k, v in (cfg.get("logger") or {}).items()
+                if k in LIVE
+            ]
+            for lg in loggers:
+                lg.log_hyperparams(rc)
+            self.live[m] = loggers
+
+    def _write_live(self) -> None:
+        """Each member's epochs since the last read-out (up to its stop) to its loggers."""
+        stops = self.selection.stop_epoch.tolist()
+        for pos, m in enumerate(self.members):
+            end = self.epochs_run if stops[pos] < 0 else min(self.epochs_run, stops[pos] + 1)
+            rows = self.history[self._logged[m] : end, :, pos].tolist()
+            for epoch, row in enumerate(rows, start=self._logged[m]):
+                entry = dict(zip(HISTORY, row, strict=True))
+                self._best_val[m] = max(self._best_val[m], entry["val/acc"])
+                entry["val/acc_best"] = self._best_val[m]
+                for lg in self.live.get(m, []):
+                    lg.log_metrics({**entry, "epoch": epoch}, step=epoch)
+            self._logged[m] = max(self._logged[m], end)
+        for loggers in self.live.values():
+            for lg in loggers:
+                lg.save()
+
+    def close_live(self) -> None:
+        for m, loggers in self.live.items():
+            for lg in loggers:
+                lg.finalize("failed" if m in self.failed else "success")
 
     def progress_line(self) -> str:
         """One line of the stack's state at a read-out: the epoch, the members still
@@ -406,6 +447,8 @@ class StackTrainer:
             self.member_epochs += n * len(self.members)
             start, self.epochs_run = self.epochs_run, self.epochs_run + n
             finished = self.read_out(start, self.epochs_run)
+            if self.live:
+                self._write_live()
             if self.report:
                 print(self.progress_line(), flush=True)
             if finished:
@@ -600,12 +643,17 @@ def train_members(
     if announce:
         print(f"  training a stack of {len(cfgs)} on {trainer.device.type}", flush=True)
     trainer.report = True
+    trainer.log_live()
     try:
         trainer.fit()
         results = trainer.results()
+        for result, member in zip(results, range(len(cfgs)), strict=True):
+            result.live = list(LIVE) if member in trainer.live else []
     except Exception as err:  # e.g. out of memory: every member's job records it
         failure = out_of_memory_error(err, "full") if is_out_of_memory(err) else err
         return StackOutcome([MemberResult(error=failure) for _ in cfgs], summary=str(failure))
+    finally:
+        trainer.close_live()
     summary = (
         f"{trainer.epochs_run} epochs in {trainer.fit_seconds:.1f} s on {trainer.device.type}"
         f"{' (CUDA graph)' if trainer.graphed else ''} "
@@ -625,8 +673,11 @@ def finish_member(cfg: DictConfig, result: MemberResult) -> float:
             write_json(out_dir / "metrics.json", {"status": "failed", "error": str(result.error)})
         raise result.error
     save_atomically(result.checkpoint, result.metrics["checkpoint"])
-    loggers = build_loggers(cfg)
     run_config = OmegaConf.to_container(cfg, resolve=True)
+    rest = cfg.copy()  # the loggers the stack did not write as it trained (W&B)
+    with open_dict(rest):
+        rest.logger = {k: v for k, v in (cfg.get("logger") or {}).items() if k not in result.live}
+    loggers = build_loggers(rest)
     for lg in loggers:
         lg.log_hyperparams(run_config)
         for row in result.history:
