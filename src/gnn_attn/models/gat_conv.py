@@ -39,8 +39,8 @@ class FusedAttentionConv(nn.Module):
     (:class:`~gnn_attn.models.attention_ops.AttentionGraph`, cached); the projection
     weight is stored as :math:`(F_{in}, n\,HC)` (one product for all projections) and
     CSR inputs are projected with ``embedding_bag``
-    (:func:`~gnn_attn.models.sparse.project`); the attention logits are one small matmul
-    with a block-diagonal matrix of the attention vectors; softmax, dropout and
+    (:func:`~gnn_attn.models.sparse.project`); the attention logits are per-head sums;
+    softmax, dropout and
     aggregation are one autograd node
     (:class:`~gnn_attn.models.attention_ops.AttendAggregate`).
 

@@ -76,7 +76,7 @@ class StackedLayer(nn.Module):
     def __init__(self, layers: Sequence[nn.Module]) -> None:
         super().__init__()
         self.members = len(layers)
-        self.__dict__["lone"] = copy.deepcopy(layers[0])  # its settings; not a submodule
+        self.__dict__["lone"] = weightless(layers[0])  # its code and settings; not a submodule
         self.names = [name for name, _ in layers[0].named_parameters()]
         owned = [dict(layer.named_parameters()) for layer in layers]
         self.stacked = nn.ParameterDict(
@@ -91,7 +91,7 @@ class StackedLayer(nn.Module):
         return self.stacked[_key(name)]
 
     def _apply(self, fn: Any, recurse: bool = True) -> StackedLayer:  # .to(device) & co.
-        self.lone._apply(fn, recurse)  # its buffers and caches follow the stack
+        _apply_to_buffers(self.lone, fn)  # its buffers and caches follow the stack
         return super()._apply(fn, recurse)
 
     def train(self, mode: bool = True) -> StackedLayer:
@@ -155,6 +155,25 @@ class StackedLayer(nn.Module):
         return state
 
 
+def weightless(layer: nn.Module) -> nn.Module:
+    """A copy of ``layer`` whose parameters are on the ``meta`` device: its code and
+    settings, no weights (a stack passes each call its members' parameters; a call that
+    reads a parameter it was not given fails loudly instead of using stale weights)."""
+    copy_ = copy.deepcopy(layer)
+    for module in copy_.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None:
+                module._parameters[name] = nn.Parameter(p.detach().to("meta"), p.requires_grad)
+    return copy_
+
+
+def _apply_to_buffers(module: nn.Module, fn: Any) -> None:
+    for m in module.modules():
+        for name, b in list(m._buffers.items()):
+            if b is not None:
+                m._buffers[name] = fn(b)
+
+
 def _key(name: str) -> str:
     return name.replace(".", "__")
 
@@ -198,18 +217,17 @@ class StackedGATConv(StackedLayer):
 
     def __init__(self, layers: Sequence[FusedAttentionConv]) -> None:
         super().__init__(layers)
-        self.__dict__["wide"] = layers[0].widened(len(layers))
+        self.__dict__["wide"] = weightless(layers[0].widened(len(layers)))
         self.__dict__["wide_size"] = len(layers)
-        self._graphs: GraphCache[AttentionGraph] = GraphCache()
-        self._orders: dict[tuple[int, int], Tensor] = {}
+        self._orders: GraphCache[Tensor] = GraphCache()
 
     def _wide(self, device: torch.device) -> FusedAttentionConv:
         """The widened lone layer for the current member count, on ``device``."""
         if self.wide_size != self.members:  # the stack shrank
-            self.__dict__["wide"] = self.lone.widened(self.members)
+            self.__dict__["wide"] = weightless(self.lone.widened(self.members))
             self.__dict__["wide_size"] = self.members
         wide: FusedAttentionConv = self.wide
-        wide.to(device)  # its buffers, if a subclass has any (a no-op when there)
+        _apply_to_buffers(wide, lambda t: t.to(device))  # a subclass's buffers, if any
         wide.train(self.training)
         return wide
 
@@ -219,16 +237,17 @@ class StackedGATConv(StackedLayer):
         source :math:`j`: lone position :math:`H p_i + k d_i + r_j`) is at
         :math:`q + (S-1) H p_i + s H d_i` (:math:`p_i` the CSR offset of target
         :math:`i`, :math:`d_i` its in-degree). :math:`(S \cdot E'H)`, member-major."""
-        key = (id(g), self.members)
-        if key not in self._orders:
+
+        def build() -> Tensor:
             lone = g.layout(heads)
             target = torch.div(lone.row, heads, rounding_mode="floor")
             start, deg = g.ptr.index_select(0, target), g.ptr.diff().index_select(0, target)
             q = torch.arange(lone.row.numel(), device=lone.row.device)
             s = torch.arange(self.members, device=q.device).view(-1, 1)
             base = q + (self.members - 1) * heads * start
-            self._orders[key] = (base + s * heads * deg).reshape(-1)
-        return self._orders[key]
+            return (base + s * heads * deg).reshape(-1)
+
+        return self._orders.get(g.src, (self.members, heads), build)
 
     def forward(
         self, inputs: Sequence[Tensor], edge_index: Tensor, num_dst: int | None, streams: Streams
@@ -236,9 +255,7 @@ class StackedGATConv(StackedLayer):
         lone: FusedAttentionConv = self.lone  # type: ignore[assignment]
         s, h, c = self.members, lone.heads, lone.out_channels
         n = inputs[0].size(0)
-        g = self._graphs.get(
-            edge_index, (n, num_dst), lambda: AttentionGraph(edge_index, n, num_dst)
-        )
+        g = lone.graph(edge_index, n, num_dst)
         wide = self._wide(inputs[0].device)
         proj = self.per_member("project", inputs)  # (N, S, n·H·C), each the lone layout
         n_proj = proj.size(-1) // (h * c)
@@ -270,7 +287,6 @@ class StackedGATConv(StackedLayer):
         order."""
         if not self.training:
             return None, None
-        lone.train()
         layout = g.layout(lone.heads)
         feats, attns = [], []
         for stream in streams:
