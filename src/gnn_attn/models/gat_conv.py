@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,7 @@ class FusedAttentionConv(nn.Module):
     """
 
     bipartite = True  # forward takes num_dst (see LayerStack._run)
+    groups = 1  # groups of heads (a widened copy: one per stacked member; see head_dot)
     projections = 1  # projections of the input per head (GATv2: W_l and W_r)
 
     def __init__(
@@ -138,7 +140,7 @@ class FusedAttentionConv(nn.Module):
         head :math:`k` at :math:`sH + k`. A stack calls its :meth:`scores` with the
         members' parameters in that layout (:meth:`widen_parameter`)."""
         wide = copy.deepcopy(self)
-        wide.heads = self.heads * members
+        wide.heads, wide.groups = self.heads * members, members
         wide._graphs = GraphCache()
         return wide
 
@@ -237,8 +239,8 @@ class FusedGATConv(FusedAttentionConv):
     def scores(self, proj: Tensor, g: AttentionGraph) -> tuple[Tensor, Tensor]:
         n, h, c = proj.size(0), self.heads, self.out_channels
         x_src = proj.view(n, h, c)
-        a_src = (x_src * self.att_src).sum(-1)  # (N, H)
-        a_dst = (x_src * self.att_dst).sum(-1)
+        a_src = head_dot(x_src, self.att_src, self.groups)  # (N, H)
+        a_dst = head_dot(x_src, self.att_dst, self.groups)
         e = a_src.index_select(0, g.src) + a_dst.index_select(0, g.dst)
         return F.leaky_relu(e, self.negative_slope), x_src
 
@@ -275,5 +277,38 @@ class FusedGATv2Conv(FusedAttentionConv):
             e = dynamic_scores(x_src, x_dst, self.att.view(h, c), g, self.negative_slope)
             return e, x_src.reshape(n, h, c)
         z = x_src.index_select(0, g.src) + x_dst.index_select(0, g.dst)
-        e = (F.leaky_relu(z, self.negative_slope).view(-1, h, c) * self.att).sum(-1)
+        e = head_dot(F.leaky_relu(z, self.negative_slope).view(-1, h, c), self.att, self.groups)
         return e, x_src.reshape(n, h, c)
+
+
+class HeadDot(torch.autograd.Function):
+    r"""Each head's features against its attention vector,
+    :math:`e^k_m = \mathbf{a}^{k\top}\mathbf{x}^k_m`.
+
+    The gradient of :math:`\mathbf{a}` is summed over :math:`m` group by group of heads
+    (``groups`` equal groups): a widened layer of :math:`S` members' heads sums each
+    member's gradient over its own :math:`H` heads, with the arithmetic of the member's
+    lone layer (a sum over :math:`m` of a wider tensor rounds differently).
+
+    Shapes: ``x`` :math:`(M, K, C)`, ``att`` :math:`(1, K, C)` → :math:`(M, K)`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, att: Tensor, groups: int) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, att)
+        ctx.groups = groups
+        return (x * att).sum(-1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+        x, att = ctx.saved_tensors
+        g = grad.unsqueeze(-1)
+        prod = g * x
+        per = x.size(1) // ctx.groups
+        parts = [prod[:, k * per : (k + 1) * per].sum(0, keepdim=True) for k in range(ctx.groups)]
+        grad_att = parts[0] if ctx.groups == 1 else torch.cat(parts, dim=1)
+        return g * att, grad_att, None
+
+
+def head_dot(x: Tensor, att: Tensor, groups: int = 1) -> Tensor:
+    """:class:`HeadDot`: ``x`` :math:`(M, K, C)`, ``att`` :math:`(1, K, C)` → :math:`(M, K)`."""
+    return HeadDot.apply(x, att, groups)

@@ -62,6 +62,8 @@ class CachedGCNConv(GCNConv):
     :math:`(N, F_{out})`.
     """
 
+    groups = 1  # equal groups of channels propagated apart (a stack: one per member)
+
     def __init__(self, in_channels: int, out_channels: int, **kwargs: Any) -> None:
         super().__init__(in_channels, out_channels, normalize=False, **kwargs)
         self.lin = sparse_aware(self.lin)  # same weights; also takes CSR features
@@ -93,7 +95,7 @@ class CachedGCNConv(GCNConv):
         r""":math:`\hat{\mathbf{A}}_{norm}\mathbf{X}` as one CSR product (:class:`Propagate`),
         for any number of channels (a stack of members propagates all of theirs at once)."""
         at = self._transposes.get(adj_t.values(), (), lambda: adj_t.t().to_sparse_csr())
-        return Propagate.apply(adj_t, at, x)
+        return Propagate.apply(adj_t, at, x, self.groups)
 
 
 class Propagate(torch.autograd.Function):
@@ -101,16 +103,28 @@ class Propagate(torch.autograd.Function):
     transpose given (the gradient is :math:`\mathbf{A}^\top\mathbf{G}`, no conversion of
     formats on the way back: nothing syncs with the host, as a CUDA graph needs).
 
+    With ``groups`` :math:`S > 1` the :math:`D` columns are :math:`S` equal groups (a
+    stack's members), multiplied one group at a time: the sparse product's rounding
+    depends on the width, so each member's columns round as in its lone layer.
+
     Shapes: ``a``, ``at`` :math:`(N, N)`, ``z`` :math:`(N, D)` → :math:`(N, D)`."""
 
     @staticmethod
-    def forward(ctx: Any, a: Tensor, at: Tensor, z: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.at = at
-        return a @ z
+    def forward(  # type: ignore[override]
+        ctx: Any, a: Tensor, at: Tensor, z: Tensor, groups: int = 1
+    ) -> Tensor:
+        ctx.at, ctx.groups = at, groups
+        return _grouped_product(a, z, groups)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor]:  # type: ignore[override]
-        return None, None, ctx.at @ grad.contiguous()
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor, None]:  # type: ignore[override]
+        return None, None, _grouped_product(ctx.at, grad, ctx.groups), None
+
+
+def _grouped_product(a: Tensor, z: Tensor, groups: int) -> Tensor:
+    if groups == 1:
+        return a @ z.contiguous()
+    return torch.cat([a @ part.contiguous() for part in z.chunk(groups, dim=1)], dim=1)
 
 
 def _gcn_conv(d_in: int, d_out: int) -> GCNConv:

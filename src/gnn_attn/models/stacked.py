@@ -11,7 +11,7 @@ here; this module adds only what stacking adds:
   (:func:`torch.func.functional_call`): the projections (a CSR input, the shared first
   one, cannot be batched by ``vmap``; the per-member call is also what makes a member's
   arithmetic its lone run's), a :class:`~gnn_attn.models.sparse.SparseLinear`, the heads'
-  combination (``vmap`` over members);
+  combination, each member's bias;
 - **once for all members, the lone code on a widened layer**: the attention of the
   :math:`S` members' :math:`H` heads is one layer of :math:`SH` heads
   (:meth:`FusedAttentionConv.widened <gnn_attn.models.gat_conv.FusedAttentionConv.widened>`):
@@ -19,12 +19,19 @@ here; this module adds only what stacking adds:
   stacked with its change); GCN's propagation (the lone layer's ``propagate``) carries
   the :math:`SC` channels of all members at once.
 
+**The lone rounding.** Where a sum's rounding would depend on how many members lie side
+by side, the lone code sums per group of heads or channels (``groups``: the attention
+vectors' gradients in :class:`~gnn_attn.models.gat_conv.HeadDot`, GCN's
+:class:`~gnn_attn.models.gcn.Propagate`), each member's bias is added on its own
+columns, and each member's gradient reaches its lone calls contiguous: a member's logits
+and gradients are its lone backbone's bit for bit (tested, every backbone).
+
 **Random streams.** Each member draws its dropout masks from its own generator
 (:meth:`NodeClassifier.dropout_generator <gnn_attn.models.NodeClassifier.dropout_generator>`
 of its lone run), with the lone shapes and in the lone order: the member's masks are the
-lone run's of its seed. With Adam, L2 weight decay and dropout elementwise, member
-:math:`s` is the lone run (tested: logits and gradients within 1e-5 with dropout off,
-``metrics.json`` equal to the lone run's with dropout on).
+lone run's of its seed. With Adam (fused, as the lone run's), L2 weight decay and dropout
+elementwise, member :math:`s` is the lone run (tested: ``metrics.json`` equal to the lone
+run's with dropout on, every backbone).
 
 What stacks here: :class:`~gnn_attn.models.MLP`, :class:`~gnn_attn.models.GCN`,
 :class:`~gnn_attn.models.GAT` with ``impl=fused``, without ``residual`` and
@@ -40,7 +47,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call
 
 from gnn_attn.models.attention_ops import AttentionGraph
 from gnn_attn.models.cache import GraphCache
@@ -122,7 +129,7 @@ class StackedLayer(nn.Module):
         parameters, stacked: :math:`S \times (N, P) \to (N, S, P)`."""
         module = self.lone.get_submodule(prefix.rstrip(".")) if prefix else self.lone
         outs = [
-            self.call(module, method, params, x)
+            _ContiguousGrad.apply(self.call(module, method, params, x))
             for params, x in zip(self.member_params(prefix), inputs, strict=True)
         ]
         return torch.stack(outs, dim=1)
@@ -153,6 +160,19 @@ class StackedLayer(nn.Module):
                 value = values[id(value)]
             state[name] = value[s]
         return state
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """The identity, whose gradient is made contiguous: a member's lone call then gets
+    its gradient laid out as in its lone run (a strided one can round differently)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return grad.contiguous()
 
 
 def weightless(layer: nn.Module) -> nn.Module:
@@ -200,9 +220,12 @@ class StackedGCNConv(StackedLayer):
         lone: CachedGCNConv = self.lone  # type: ignore[assignment]
         z = self.per_member("forward", inputs, prefix="lin.")  # (N, S, F')
         n, s, f = z.shape
+        lone.groups = s  # each member's channels propagate as in its lone layer
         adj = lone.normalized(edge_index, n)
         out = lone.propagate(adj, x=z.reshape(n, s * f), edge_weight=None)
-        return vmap(torch.add, in_dims=(1, 0), out_dims=1)(out.view(n, s, f), self.param("bias"))
+        # each member's bias on its own columns (its gradient sums as in the lone layer)
+        members = zip(out.view(n, s, f).unbind(1), self.param("bias").unbind(0), strict=True)
+        return torch.stack([o + b for o, b in members], dim=1)
 
 
 class StackedGATConv(StackedLayer):
@@ -213,7 +236,7 @@ class StackedGATConv(StackedLayer):
     :math:`k` of member :math:`s` is head :math:`sH + k`), whose own ``scores`` and
     ``aggregate`` run once for all; each member's dropout masks are drawn by the lone
     ``dropout_scales`` from its own stream and laid out in the widened order; the lone
-    ``combine`` gives each member's output (``vmap`` over members)."""
+    ``combine`` gives each member's output."""
 
     def __init__(self, layers: Sequence[FusedAttentionConv]) -> None:
         super().__init__(layers)
@@ -270,10 +293,12 @@ class StackedGATConv(StackedLayer):
         out = wide.aggregate(e, x_src, g, scales)  # (N_d, SH, C)
         out = out.view(g.num_dst, s, h, c)
 
-        def combine(o: Tensor, bias: Tensor) -> Tensor:
-            return self.call(lone, "combine", {"bias": bias}, o)
-
-        return vmap(combine, in_dims=(1, 0), out_dims=1)(out, self.param("bias"))
+        members = zip(out.unbind(1), self.param("bias").unbind(0), strict=True)
+        outs = [
+            _ContiguousGrad.apply(self.call(lone, "combine", {"bias": b}, o.contiguous()))
+            for o, b in members
+        ]
+        return torch.stack(outs, dim=1)
 
     def _member_scales(
         self,
