@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 import json
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch import nn
-from torch_geometric.nn import GATConv, GATv2Conv, GCNConv, SAGEConv
+from torch_geometric.nn import GATConv, GATv2Conv, GCNConv
 
 from gnn_attn.console import quiet
 from gnn_attn.data import PlanetoidDataModule
@@ -58,6 +58,7 @@ MODELS = ("gcn", "gat", "gatv2")
 KINDS = ("article", "pyg_csr", "ours", "bare")
 DATASETS = ("cora", "citeseer")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.models.plain_backbones (USER)
 
 
 class ArticleNet(nn.Module):
@@ -114,26 +115,8 @@ def plain_loop(
     return {"ms_per_epoch": ms, "test_acc": test_at_best}
 
 
-class SAGE(nn.Module):
-    """A user's backbone for (e): plain PyG ``SAGEConv`` layers, no template code, taking
-    ``gcn.yaml``'s arguments (the README's example, sized by the config)."""
-
-    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int = 16,
-                 num_layers: int = 2, dropout: float = 0.5, activation: str = "relu",
-                 residual: bool = False) -> None:  # fmt: skip
-        super().__init__()
-        sizes = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
-        self.convs = nn.ModuleList(SAGEConv(a, b) for a, b in itertools.pairwise(sizes))
-        self.dropout = dropout
-
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        for i, conv in enumerate(self.convs):
-            x = conv(F.dropout(x, self.dropout, self.training), edge_index)
-            x = F.relu(x) if i < len(self.convs) - 1 else x
-        return x
-
-
-USER = ["model=gcn", f"model._target_={__name__}.SAGE", "model.name=sage"]  # (e)'s SAGE
+# (e)'s user backbone: the tests' plain PyG SAGE (no template code), with gcn.yaml's keys
+USER = ["model=gcn", "model._target_=tests.models.plain_backbones.SAGE", "model.name=sage"]
 
 
 def ours(
@@ -399,7 +382,7 @@ def print_stacked(rows: list[dict[str, Any]], sizes: list[int]) -> None:
 
 
 def user_backbone(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """(e) for a user's backbone: the SAGE above, one run (c) and a stack of 10 (through
+    """(e) for a user's backbone: the tests' plain SAGE, one run (c) and a stack of 10 (through
     torch.func), ``--user-epochs`` epochs, interleaved over ``--reps`` (at most 3)."""
     rows = []
     print(f"\n(e) a user's backbone (SAGE, plain PyG), {args.user_epochs} epochs: "

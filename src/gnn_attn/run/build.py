@@ -253,6 +253,11 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
     return loggers
 
 
+def configured_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The callbacks of ``cfg.callbacks`` (pictures, summaries), built."""
+    return [build_node(f"callbacks.{k}", c) for k, c in (cfg.get("callbacks") or {}).items()]
+
+
 def build_callbacks(
     cfg: DictConfig,
 ) -> tuple[EarlyStoppingCheckpoint, PeriodicCheckpoint, StopOnSignal, Timer, list[L.Callback]]:
@@ -262,8 +267,7 @@ def build_callbacks(
     selection = build_node("early_stopping", cfg.early_stopping)
     periodic = build_node("checkpoint", cfg.checkpoint, selection=selection)
     stop, timer = StopOnSignal(), Timer(duration=None, verbose=False)
-    callbacks: list[L.Callback] = [selection, periodic, stop, timer]
-    callbacks += [build_node(f"callbacks.{k}", c) for k, c in (cfg.get("callbacks") or {}).items()]
+    callbacks: list[L.Callback] = [selection, periodic, stop, timer, *configured_callbacks(cfg)]
     # a sweep job prints one start and one result line: no progress
     if (
         cfg.trainer.get("enable_progress_bar", True)

@@ -49,6 +49,7 @@ from gnn_attn.run.build import (
     build_loggers,
     build_model,
     build_node,
+    configured_callbacks,
     is_graph_set,
 )
 from gnn_attn.run.train import optimized_value, publish, write_json
@@ -695,7 +696,7 @@ def member_pictures(cfg: DictConfig, selected: dict[str, Tensor], loggers: list)
     built from its seed, as the stack built it — then the "after" ones (``on_test_end``)
     on its selected weights ``selected`` (a state dict of the module). Returns the
     numbers they computed (for ``metrics.json``)."""
-    callbacks = [build_node(f"callbacks.{k}", c) for k, c in (cfg.get("callbacks") or {}).items()]
+    callbacks = configured_callbacks(cfg)
     if not callbacks:
         return {}
     run_config = OmegaConf.to_container(cfg, resolve=True)
