@@ -88,14 +88,18 @@ class StackedLayer(nn.Module):
         owned = [dict(layer.named_parameters()) for layer in layers]
         self.stacked = nn.ParameterDict(
             {
-                _key(name): nn.Parameter(torch.stack([own[name].detach() for own in owned]))
+                _key(name): nn.Parameter(
+                    _stack([own[name].detach() for own in owned], _transposed(layers[0], name))
+                )
                 for name in self.names
             }
         )
         self._methods: dict[tuple[int, str], _Method] = {}
 
     def param(self, name: str) -> Tensor:
-        return self.stacked[_key(name)]
+        r"""The members' ``name`` :math:`(S, \dots)`, each member's in the lone shape."""
+        stored = self.stacked[_key(name)]
+        return stored.transpose(1, 2) if _transposed(self.lone, name) else stored
 
     def _apply(self, fn: Any, recurse: bool = True) -> StackedLayer:  # .to(device) & co.
         _apply_to_buffers(self.lone, fn)  # its buffers and caches follow the stack
@@ -115,10 +119,10 @@ class StackedLayer(nn.Module):
 
     def member_params(self, prefix: str = "") -> list[dict[str, Tensor]]:
         """Each member's parameters under the lone names (those under ``prefix``, with it
-        removed): views of the stacked ones (:meth:`~torch.Tensor.unbind`: one backward
-        node gathers every member's gradient)."""
+        removed): views of the stacked ones (:class:`_Unstack`: one backward node gathers
+        every member's gradient)."""
         names = [n for n in self.names if n.startswith(prefix)]
-        views = [self.param(n).unbind(0) for n in names]
+        views = [_Unstack.apply(self.param(n)) for n in names]
         return [
             {n.removeprefix(prefix): v[s] for n, v in zip(names, views, strict=True)}
             for s in range(self.members)
@@ -136,12 +140,12 @@ class StackedLayer(nn.Module):
 
     def member_axes(self) -> list[tuple[Tensor, int]]:
         """Every stacked parameter with the position of its member axis (0)."""
-        return [(self.param(n), 0) for n in self.names]
+        return [(self.stacked[_key(n)], 0) for n in self.names]
 
     def select(self, index: Tensor) -> None:
         """Keep the members at ``index`` (new parameters, in that order)."""
         for name in self.names:
-            kept = self.param(name).detach().index_select(0, index).contiguous()
+            kept = self.stacked[_key(name)].detach().index_select(0, index).contiguous()
             self.stacked[_key(name)] = nn.Parameter(kept)
         self.members = int(index.numel())
 
@@ -153,13 +157,32 @@ class StackedLayer(nn.Module):
         parameter (a snapshot of them)."""
         state = {}
         for name in self.names:
-            value = self.param(name)
+            value = self.stacked[_key(name)]
             if grad:
                 value = value.grad
             elif values is not None:
                 value = values[id(value)]
-            state[name] = value[s]
+            state[name] = value[s].t() if _transposed(self.lone, name) else value[s]
         return state
+
+
+class _Unstack(torch.autograd.Function):
+    r""":meth:`~torch.Tensor.unbind` over the member axis, :math:`(S, \dots) \to S \times
+    (\dots)`, whose backward copies each member's gradient into its slot (``unbind``'s own
+    backward, one ``torch.stack``, is several times slower on transposed gradients such as
+    a CSR projection's :math:`\mathbf{W}^\top`; a member without one gets zeros)."""
+
+    @staticmethod
+    def forward(ctx: Any, stacked: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        ctx.layout = stacked.shape, stacked.stride()
+        return stacked.unbind(0)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> Tensor:  # type: ignore[override]
+        out = grads[0].new_empty_strided(*ctx.layout)  # the parameter's layout
+        for s, grad in enumerate(grads):
+            out[s].copy_(grad)
+        return out
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -192,6 +215,24 @@ def _apply_to_buffers(module: nn.Module, fn: Any) -> None:
         for name, b in list(m._buffers.items()):
             if b is not None:
                 m._buffers[name] = fn(b)
+
+
+def _transposed(layer: nn.Module, name: str) -> bool:
+    r"""Whether the stacked ``name`` is stored transposed, :math:`(S, F_{in}, F_{out})`
+    contiguous: the weight :math:`\mathbf{W}` :math:`(F_{out}, F_{in})` of a
+    :class:`~gnn_attn.models.sparse.SparseLinear`, which computes with
+    :math:`\mathbf{W}^\top` (a CSR input's projection would copy it every call, and
+    its gradient would be transposed back; a contiguous store keeps the optimizer's
+    fused step fast)."""
+    owner, _, leaf = name.rpartition(".")
+    module = layer.get_submodule(owner) if owner else layer
+    return isinstance(module, SparseLinear) and leaf == "weight"
+
+
+def _stack(members: Sequence[Tensor], transposed: bool) -> Tensor:
+    r"""The members' tensors stacked on a leading axis, :math:`(S, \dots)`, or their
+    transposes (``transposed``)."""
+    return torch.stack([m.t() if transposed else m for m in members])
 
 
 def _key(name: str) -> str:
@@ -259,7 +300,9 @@ class StackedGATConv(StackedLayer):
         layout: entry :math:`q` of member :math:`s` (target :math:`i`, head :math:`k`,
         source :math:`j`: lone position :math:`H p_i + k d_i + r_j`) is at
         :math:`q + (S-1) H p_i + s H d_i` (:math:`p_i` the CSR offset of target
-        :math:`i`, :math:`d_i` its in-degree). :math:`(S \cdot E'H)`, member-major."""
+        :math:`i`, :math:`d_i` its in-degree). Returned inverted, as the gather that builds
+        the widened layout from the members' lone ones concatenated: :math:`(S \cdot E'H)`
+        (``int32`` where it fits: a quicker gather)."""
 
         def build() -> Tensor:
             lone = g.layout(heads)
@@ -268,7 +311,10 @@ class StackedGATConv(StackedLayer):
             q = torch.arange(lone.row.numel(), device=lone.row.device)
             s = torch.arange(self.members, device=q.device).view(-1, 1)
             base = q + (self.members - 1) * heads * start
-            return (base + s * heads * deg).reshape(-1)
+            order = (base + s * heads * deg).reshape(-1)
+            gather = torch.empty_like(order)
+            gather[order] = torch.arange(order.numel(), device=order.device)
+            return gather.int() if order.numel() < 2**31 else gather
 
         return self._orders.get(g.src, (self.members, heads), build)
 
@@ -323,9 +369,7 @@ class StackedGATConv(StackedLayer):
         feat = None if feats[0] is None else torch.stack(feats, 1).view(n, -1, c)
         attn = None
         if attns[0] is not None:
-            values = torch.cat(attns)
-            attn = torch.empty_like(values)
-            attn[self._wide_order(g, h)] = values
+            attn = torch.cat(attns).index_select(0, self._wide_order(g, h))
         return feat, attn
 
 

@@ -177,11 +177,13 @@ class StackedLauncher(Launcher):
         they finish); an exception here ends the workers. A worker that dies fails its
         stack's jobs, not the sweep."""
         args = (self.readout_every, self.cuda_graph, self.torch_func_on_cpu)
+        first = next(iter(task_cfgs.values()))[0]
+        chosen = int(first.threads) if first.get("threads") else None  # the config's `threads`
         if workers == 1:
             for members, cfgs in task_cfgs.items():
-                yield members, train_members(cfgs, *args, None, announce=True)
+                yield members, train_members(cfgs, *args, chosen, announce=True)
             return
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = chosen or max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, context, initializer=_ignore_signals) as pool:
             futures = {
