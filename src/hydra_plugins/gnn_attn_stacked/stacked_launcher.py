@@ -176,6 +176,8 @@ class StackedLauncher(Launcher):
         """Each stack's outcome, in this process or in ``workers`` processes (in the order
         they finish); an exception here ends the workers. A worker that dies fails its
         stack's jobs, not the sweep."""
+        if not task_cfgs:
+            return
         args = (self.readout_every, self.cuda_graph, self.torch_func_on_cpu)
         first = next(iter(task_cfgs.values()))[0]
         chosen = int(first.threads) if first.get("threads") else None  # the config's `threads`
