@@ -88,9 +88,7 @@ class StackedLayer(nn.Module):
         owned = [dict(layer.named_parameters()) for layer in layers]
         self.stacked = nn.ParameterDict(
             {
-                _key(name): nn.Parameter(
-                    _stack([own[name].detach() for own in owned], _transposed(layers[0], name))
-                )
+                _key(name): nn.Parameter(torch.stack([own[name].detach() for own in owned]))
                 for name in self.names
             }
         )
@@ -98,8 +96,7 @@ class StackedLayer(nn.Module):
 
     def param(self, name: str) -> Tensor:
         r"""The members' ``name`` :math:`(S, \dots)`, each member's in the lone shape."""
-        stored = self.stacked[_key(name)]
-        return stored.transpose(1, 2) if _transposed(self.lone, name) else stored
+        return self.stacked[_key(name)]
 
     def _apply(self, fn: Any, recurse: bool = True) -> StackedLayer:  # .to(device) & co.
         _apply_to_buffers(self.lone, fn)  # its buffers and caches follow the stack
@@ -162,7 +159,7 @@ class StackedLayer(nn.Module):
                 value = value.grad
             elif values is not None:
                 value = values[id(value)]
-            state[name] = value[s].t() if _transposed(self.lone, name) else value[s]
+            state[name] = value[s]
         return state
 
 
@@ -215,24 +212,6 @@ def _apply_to_buffers(module: nn.Module, fn: Any) -> None:
         for name, b in list(m._buffers.items()):
             if b is not None:
                 m._buffers[name] = fn(b)
-
-
-def _transposed(layer: nn.Module, name: str) -> bool:
-    r"""Whether the stacked ``name`` is stored transposed, :math:`(S, F_{in}, F_{out})`
-    contiguous: the weight :math:`\mathbf{W}` :math:`(F_{out}, F_{in})` of a
-    :class:`~gnn_attn.models.sparse.SparseLinear`, which computes with
-    :math:`\mathbf{W}^\top` (a CSR input's projection would copy it every call, and
-    its gradient would be transposed back; a contiguous store keeps the optimizer's
-    fused step fast)."""
-    owner, _, leaf = name.rpartition(".")
-    module = layer.get_submodule(owner) if owner else layer
-    return isinstance(module, SparseLinear) and leaf == "weight"
-
-
-def _stack(members: Sequence[Tensor], transposed: bool) -> Tensor:
-    r"""The members' tensors stacked on a leading axis, :math:`(S, \dots)`, or their
-    transposes (``transposed``)."""
-    return torch.stack([m.t() if transposed else m for m in members])
 
 
 def _key(name: str) -> str:
