@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import signal
 import statistics
 import time
 from collections.abc import Iterator
@@ -37,7 +39,13 @@ from torch_geometric.data import Data
 
 from gnn_attn.callbacks.selection import save_atomically
 from gnn_attn.console import quiet, ranges
-from gnn_attn.errors import TrainingDiverged, UserError, is_out_of_memory, out_of_memory_error
+from gnn_attn.errors import (
+    Interrupted,
+    TrainingDiverged,
+    UserError,
+    is_out_of_memory,
+    out_of_memory_error,
+)
 from gnn_attn.models import NodeClassifier, count_parameters
 from gnn_attn.models.func_stack import FunctionalStack, probe, stack_or_reason
 from gnn_attn.models.module import accepts
@@ -52,9 +60,11 @@ from gnn_attn.run.build import (
     configured_callbacks,
     is_graph_set,
 )
+from gnn_attn.run.continuation import run_settings
 from gnn_attn.run.train import optimized_value, publish, write_json
 
 HISTORY = ("train/loss", "train/acc", "val/loss", "val/acc")
+STACK_CHECKPOINT, STACK_PREVIOUS = "stack.ckpt", "stack.prev.ckpt"  # in each member's checkpoints/
 LIVE = ("csv", "tensorboard")  # the loggers a stack writes as it trains (W&B: at its end)
 
 
@@ -230,6 +240,7 @@ class MemberResult:
     checkpoint: dict[str, Any] = field(default_factory=dict)
     error: BaseException | None = None
     live: list[str] = field(default_factory=list)  # logger kinds written while it trained
+    checkpoints: list[Path] = field(default_factory=list)  # its stack checkpoints (removed)
 
 
 def pick_device(cfg: DictConfig) -> torch.device:
@@ -315,6 +326,11 @@ class StackTrainer:
         self.live: dict[int, list[Any]] = {}  # member → its loggers written at read-outs
         self._logged = [0] * s  # epochs of each member's history written to them
         self._best_val = [-math.inf] * s
+        schedule = base.get("checkpoint") or {}
+        # the lone run's schedule of last.ckpt: every n epochs, else every so many minutes
+        self.checkpoint_every = (schedule.get("every_n_epochs"), schedule.get("every_minutes"))
+        self._saved_at = time.monotonic()
+        self.stop_signal: int | None = None  # SIGINT/SIGTERM received: checkpoint and stop
 
     def log_live(self) -> None:
         """Start each member's CSV and TensorBoard loggers (``cfg.logger``, W&B aside:
@@ -331,11 +347,18 @@ class StackTrainer:
             self.live[m] = loggers
 
     def _write_live(self) -> None:
-        """Each member's epochs since the last read-out (up to its stop) to its loggers."""
+        """Each member's epochs since the last read-out (up to its stop) to its loggers
+        (a resumed stack's loggers start anew: every epoch so far, also of the members
+        that had left the stack)."""
         stops = self.selection.stop_epoch.tolist()
-        for pos, m in enumerate(self.members):
-            end = self.epochs_run if stops[pos] < 0 else min(self.epochs_run, stops[pos] + 1)
-            rows = self.history[self._logged[m] : end, :, pos].tolist()
+        for m in self.live:
+            if m in self.members:
+                pos = self.members.index(m)
+                history, stop = self.history[:, :, pos], stops[pos]
+            else:
+                history, stop = self.done[m].history, self.done[m].stop_epoch
+            end = self.epochs_run if stop < 0 else min(self.epochs_run, stop + 1)
+            rows = history[self._logged[m] : end].tolist()
             for epoch, row in enumerate(rows, start=self._logged[m]):
                 entry = dict(zip(HISTORY, row, strict=True))
                 self._best_val[m] = max(self._best_val[m], entry["val/acc"])
@@ -432,10 +455,13 @@ class StackTrainer:
         a shrink) runs eagerly — it builds the caches, gradients and optimizer state — then
         one epoch is captured as a CUDA graph and the later blocks replay it; if a capture
         fails, one line says why and the epochs run eagerly."""
-        started = time.perf_counter()
+        started, spent = time.perf_counter(), self.fit_seconds  # resumed: time so far
         eager_blocks = 0
+        every_n = self.checkpoint_every[0]
         while self.epochs_run < self.max_epochs:
             n = min(self.readout_every, self.max_epochs - self.epochs_run)
+            if every_n:  # read out where the schedule writes a checkpoint
+                n = min(n, every_n - self.epochs_run % every_n)
             if self.graph is None and self.cuda_graph and eager_blocks > 0:
                 self._capture()
             if self.graph is not None:
@@ -455,10 +481,17 @@ class StackTrainer:
             if finished:
                 break
             if self.shrink and self.epochs_run < self.max_epochs and self._shrink():
-                self.graph, eager_blocks = None, 0  # the graph holds the old tensors
+                eager_blocks = 0
+            if self.stop_signal is not None or (
+                self.epochs_run < self.max_epochs and self._checkpoint_due()
+            ):
+                self.fit_seconds = spent + time.perf_counter() - started
+                self.save_checkpoint()
+            if self.stop_signal is not None:
+                break
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        self.fit_seconds = time.perf_counter() - started
+        self.fit_seconds = spent + time.perf_counter() - started
 
     def _finished(self, pos: int) -> Finished:
         """The member at position ``pos``: its snapshot as a lone state dict, its epochs
@@ -474,15 +507,20 @@ class StackTrainer:
 
     def _shrink(self) -> bool:
         """If at least a quarter of the stack has stopped: keep those members' records on
-        the host and go on with the others only (their parameters, optimizer state,
-        selection state and history selected along the member axis). Whether it did."""
+        the host and go on with the others only (:meth:`_drop`). Whether it did."""
         stopped = self.selection.stopped.tolist()
         keep = [pos for pos, done in enumerate(stopped) if not done]
         if not keep or len(keep) > 3 * len(stopped) // 4:
             return False
         for pos, done in enumerate(stopped):
-            if done:
+            if done and self.members[pos] not in self.done:
                 self.done[self.members[pos]] = self._finished(pos)
+        self._drop(keep)
+        return True
+
+    def _drop(self, keep: list[int]) -> None:
+        """Go on with the members at positions ``keep`` only: their parameters, optimizer
+        state, selection state and history selected along the member axis."""
         index = torch.tensor(keep, device=self.device)
         old_axes, old_state = self.net.member_axes(), self.optimizer.state
         self.net.select(index)
@@ -499,7 +537,149 @@ class StackTrainer:
         self.selection = self.selection.select(index, new_axes)
         self.history = self.history.index_select(2, index)
         self.members = [self.members[pos] for pos in keep]
-        return True
+        self.graph = None  # a captured graph holds the old tensors
+
+    def checkpoint_file(self, m: int, previous: bool = False) -> Path:
+        """Member ``m``'s stack checkpoint (``previous``: the one before it)."""
+        folder = Path(self.cfgs[m].paths.output_dir) / "checkpoints"
+        return folder / (STACK_PREVIOUS if previous else STACK_CHECKPOINT)
+
+    def member_checkpoint(self, m: int) -> dict[str, Any]:
+        """Member ``m``'s share of the stack's state, everything an exact resume needs:
+        its slice of every parameter, of the optimizer state and of the selection state
+        (snapshot included), its history, its dropout stream; or its record if it has
+        left the stack (stopped or failed); and the stack's epoch, counters and RNG."""
+        state: dict[str, Any] = {
+            "epoch": self.epochs_run,
+            "member_epochs": self.member_epochs,
+            "fit_seconds": self.fit_seconds,
+            "settings": run_settings(self.run_configs[m]),
+            "rng": torch.get_rng_state(),
+        }
+        if m in self.failed:
+            state["failed"] = str(self.failed[m])
+        if m in self.done:
+            state["done"] = self.done[m]._asdict()
+        if m not in self.members:
+            return state
+        pos, sel = self.members.index(m), self.selection
+        axes = self.net.member_axes()
+
+        def part(t: Tensor, axis: int) -> Tensor:
+            return t.detach().select(axis, pos).cpu().clone()
+
+        state["params"] = [part(p, axis) for p, axis in axes]
+        state["optimizer"] = [
+            {
+                k: ("slice", part(v, axis))
+                if torch.is_tensor(v) and v.shape == p.shape
+                else ("shared", v.clone() if torch.is_tensor(v) else v)
+                for k, v in self.optimizer.state.get(p, {}).items()
+            }
+            for p, axis in axes
+        ]
+        state["selection"] = {
+            "best": sel.best[:, pos].cpu(),
+            **{k: getattr(sel, k)[pos].cpu() for k in ("wait", "best_epoch", "stop_epoch")},
+            "stopped": sel.stopped[pos].cpu(),
+            "snapshot": [
+                part(snap, axis) for snap, (_, axis) in zip(sel.snapshot, axes, strict=True)
+            ],
+        }
+        state["history"] = self.history[: self.epochs_run, :, pos].cpu()
+        streams = getattr(self.net, "streams", None)
+        stream = streams[pos] if streams else None
+        state["stream"] = stream.get_state() if stream is not None else None
+        return state
+
+    def save_checkpoint(self) -> None:
+        """Every member's :meth:`member_checkpoint` into its job dir
+        (``checkpoints/stack.ckpt``, atomically), the one it replaces kept as
+        ``stack.prev.ckpt``: a kill between two members' writes leaves every member a
+        file of the earlier epoch (:meth:`resume` takes the latest epoch all have)."""
+        for m in range(len(self.cfgs)):
+            path = self.checkpoint_file(m)
+            if path.is_file():
+                os.replace(path, self.checkpoint_file(m, previous=True))
+            save_atomically(self.member_checkpoint(m), path)
+        self._saved_at = time.monotonic()
+
+    def _read_checkpoints(self) -> list[dict[str, Any]] | None:
+        """Each member's checkpoint at the latest epoch all members have one of, if
+        they all have one and it was written for their settings."""
+        found: list[dict[int, dict[str, Any]]] = []
+        for m in range(len(self.cfgs)):
+            by_epoch = {}
+            for previous in (False, True):
+                path = self.checkpoint_file(m, previous)
+                try:
+                    state = torch.load(path, map_location="cpu", weights_only=False)
+                except Exception:  # missing, or cut short by a kill (the other one serves)
+                    continue
+                if state.get("settings") == run_settings(self.run_configs[m]):
+                    by_epoch[int(state["epoch"])] = state
+            if not by_epoch:
+                return None
+            found.append(by_epoch)
+        epoch = min(max(by_epoch) for by_epoch in found)
+        if any(epoch not in by_epoch for by_epoch in found):
+            return None
+        return [by_epoch[epoch] for by_epoch in found]
+
+    def resume(self) -> int | None:
+        """Continue from the members' stack checkpoints (:meth:`save_checkpoint`) when
+        every member has one at a common epoch; returns that epoch (None: from the start).
+        The stack then trains on exactly as the unbroken one: bit for bit on the CPU."""
+        states = self._read_checkpoints()
+        if states is None:
+            return None
+        for m, st in enumerate(states):
+            if "failed" in st:
+                self.failed[m] = TrainingDiverged(st["failed"])
+            if "done" in st:
+                self.done[m] = Finished(**st["done"])
+        keep = [m for m, st in enumerate(states) if "params" in st]
+        if len(keep) < len(self.cfgs):
+            self._drop(keep)
+        axes, sel = self.net.member_axes(), self.selection
+        with torch.no_grad():
+            for pos, m in enumerate(keep):
+                st = states[m]
+                for (p, axis), value in zip(axes, st["params"], strict=True):
+                    p.select(axis, pos).copy_(value)
+                for (_, axis), snap, value in zip(
+                    axes, sel.snapshot, st["selection"]["snapshot"], strict=True
+                ):
+                    snap.select(axis, pos).copy_(value)
+                sel.best[:, pos] = st["selection"]["best"]
+                for k in ("wait", "best_epoch", "stop_epoch", "stopped"):
+                    getattr(sel, k)[pos] = st["selection"][k]
+                self.history[: st["epoch"], :, pos] = st["history"]
+                streams = getattr(self.net, "streams", None)
+                if streams and streams[pos] is not None and st["stream"] is not None:
+                    streams[pos].set_state(st["stream"])
+        for i, (p, axis) in enumerate(axes):
+            entries = [states[m]["optimizer"][i] for m in keep]
+            if entries[0]:
+                self.optimizer.state[p] = {
+                    k: torch.stack([e[k][1] for e in entries], axis).to(p.device)
+                    if kind == "slice"
+                    else value
+                    for k, (kind, value) in entries[0].items()
+                }
+        first = states[0]
+        self.epochs_run = int(first["epoch"])
+        self.epoch.fill_(self.epochs_run)
+        self.member_epochs, self.fit_seconds = first["member_epochs"], first["fit_seconds"]
+        torch.set_rng_state(first["rng"])
+        return self.epochs_run
+
+    def _checkpoint_due(self) -> bool:
+        """Whether the schedule of ``checkpoint`` (as a lone run's) asks for a write now."""
+        every_n, minutes = self.checkpoint_every
+        if every_n:
+            return self.epochs_run % every_n == 0
+        return minutes is not None and time.monotonic() - self._saved_at >= 60 * minutes
 
     @contextlib.contextmanager
     def _stream(self) -> Iterator[None]:
@@ -614,6 +794,25 @@ def member_checkpoint(module: NodeClassifier, epoch: int) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def stop_on_signals(trainer: StackTrainer) -> Iterator[None]:
+    """While the stack trains, SIGINT or SIGTERM ends the current block of epochs, writes
+    the stack's checkpoint and stops it (``trainer.stop_signal``); a second signal stops
+    at once (:class:`~gnn_attn.errors.Interrupted`)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if trainer.stop_signal is not None:
+            raise Interrupted(signum, "a second signal: the stack stopped without a checkpoint")
+        trainer.stop_signal = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 @dataclass
 class StackOutcome:
     """What training a stack gave: each member's result, or why it could not stack."""
@@ -621,6 +820,7 @@ class StackOutcome:
     results: list[MemberResult] = field(default_factory=list)
     not_stackable: str | None = None
     summary: str = ""
+    interrupted: int | None = None  # the signal that stopped it (its checkpoints written)
 
 
 def train_members(
@@ -641,15 +841,29 @@ def train_members(
         return StackOutcome(not_stackable=str(why))
     except UserError as err:  # every member fails the same way: each job records it
         return StackOutcome([MemberResult(error=err) for _ in cfgs], summary=str(err))
-    if announce:
-        print(f"  training a stack of {len(cfgs)} on {trainer.device.type}", flush=True)
+    resumed = trainer.resume()
+    if announce or resumed:
+        print(
+            f"  training a stack of {len(cfgs)} on {trainer.device.type}"
+            + (f", resumed at epoch {resumed} from its checkpoints" if resumed else ""),
+            flush=True,
+        )
     trainer.report = True
     trainer.log_live()
     try:
-        trainer.fit()
+        with stop_on_signals(trainer):
+            trainer.fit()
+        if trainer.stop_signal is not None:
+            return StackOutcome(
+                interrupted=trainer.stop_signal,
+                summary=f"interrupted at epoch {trainer.epochs_run}, checkpoints written",
+            )
         results = trainer.results()
         for result, member in zip(results, range(len(cfgs)), strict=True):
             result.live = list(LIVE) if member in trainer.live else []
+            result.checkpoints = [
+                trainer.checkpoint_file(member, previous) for previous in (False, True)
+            ]
     except Exception as err:  # e.g. out of memory: every member's job records it
         failure = out_of_memory_error(err, "full") if is_out_of_memory(err) else err
         return StackOutcome([MemberResult(error=failure) for _ in cfgs], summary=str(failure))
@@ -670,6 +884,8 @@ def finish_member(cfg: DictConfig, result: MemberResult) -> float:
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     if result.error is not None:
+        for path in result.checkpoints:
+            path.unlink(missing_ok=True)
         if isinstance(result.error, TrainingDiverged):
             write_json(out_dir / "metrics.json", {"status": "failed", "error": str(result.error)})
         raise result.error
@@ -687,6 +903,8 @@ def finish_member(cfg: DictConfig, result: MemberResult) -> float:
     for lg in loggers:
         lg.finalize("success")
     publish(metrics, loggers, out_dir)
+    for path in result.checkpoints:  # they only resume an unfinished stack
+        path.unlink(missing_ok=True)
     return optimized_value(cfg, metrics)
 
 

@@ -35,6 +35,7 @@ from gnn_attn.run.build import (
     check_ddp_loader,
     read_checkpoint,
 )
+from gnn_attn.run.continuation import continue_command, resume_in_sweep
 from gnn_attn.run.distributed import ddp_group, is_worker, world_size
 from gnn_attn.run.sweep import is_multirun
 
@@ -53,7 +54,10 @@ def mark_interrupted(err: Interrupted, phase: str, out_dir: Path) -> Interrupted
     """Write ``interrupted.json`` into the run dir (the aggregator lists the run as
     interrupted) and return ``err`` with the message of what was saved."""
     last = out_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():
+    if last.is_file() and is_multirun():  # the sweep continues, this job from last.ckpt
+        command = continue_command(HydraConfig.get().sweep.dir)
+        message = f"during {phase}; last.ckpt saved. Continue the sweep with:\n  {command}"
+    elif last.is_file():
         command = resume_command(str(last))
         message = f"during {phase}; last.ckpt saved. Resume with:\n  {command}"
     else:
@@ -163,7 +167,7 @@ class Phase:
 
 
 def _run(cfg: DictConfig, out_dir: Path, started: float, phase: Phase) -> dict[str, Any]:
-    resume_requeued_job(cfg, out_dir)
+    resume_unfinished_job(cfg, out_dir)
     resume = check_resume(cfg)
     keep_wandb_run(cfg, resume)
     run_config = OmegaConf.to_container(cfg, resolve=True)
@@ -272,17 +276,12 @@ def publish(metrics: dict[str, Any], loggers: list, out_dir: Path) -> None:
     )
 
 
-def resume_requeued_job(cfg: DictConfig, out_dir: Path) -> None:
-    """A submitit job that was preempted and requeued runs again in its own job dir:
-    resume it from the ``last.ckpt`` it wrote (unless it already finished)."""
-    last = out_dir / "checkpoints" / "last.ckpt"
-    if preemption_signal() is None or cfg.get("ckpt_path") or not last.is_file():
-        return
-    if (out_dir / "metrics.json").is_file():
-        return
-    print(f"requeued job: resuming from {last}", flush=True)
-    with open_dict(cfg):
-        cfg.ckpt_path = str(last)
+def resume_unfinished_job(cfg: DictConfig, out_dir: Path) -> None:
+    """A job that runs again in its own dir — a continued sweep's
+    (:mod:`gnn_attn.run.continuation`), a requeued submitit job's — resumes from the
+    ``last.ckpt`` it wrote, unless it had finished."""
+    if is_multirun() or preemption_signal() is not None:
+        resume_in_sweep(cfg, out_dir)
 
 
 def keep_wandb_run(cfg: DictConfig, resume: Resume | None) -> None:

@@ -9,6 +9,7 @@ cannot batch, a lone seed) says why in one line and runs its jobs one by one,
 as Hydra's basic launcher does.
 """
 
+import contextlib
 import copy
 import io
 import logging
@@ -17,7 +18,7 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from gnn_attn.analysis.jobs import INTERRUPTED_FILE
 from gnn_attn.console import ranges
 from gnn_attn.errors import Interrupted
+from gnn_attn.run.continuation import continue_command
 from gnn_attn.run.entry import run_task
 from gnn_attn.run.stacked import (
     MemberResult,
@@ -135,21 +137,54 @@ class StackedLauncher(Launcher):
             returns[members[0]] = self._run(configs[members][0], self._task())
         task_cfgs = {m: resolved_task_configs(configs[m]) for m in stacked}
         pending = dict(task_cfgs)
+        stopped: list[int] = []  # the signals that interrupted stacks (checkpointed)
+
+        def take(members: tuple[int, ...], outcome: StackOutcome) -> None:
+            if outcome.interrupted is not None:  # its jobs stay pending: marked interrupted
+                stopped.append(outcome.interrupted)
+                return
+            for i, ret in zip(members, self._finish(configs[members], outcome), strict=True):
+                returns[i] = ret
+            del pending[members]
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+
+        outcomes = self._train(task_cfgs, workers)
         try:
-            for members, outcome in self._train(task_cfgs, workers):
-                for i, ret in zip(members, self._finish(configs[members], outcome), strict=True):
-                    returns[i] = ret
-                del pending[members]
-                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            try:
+                for members, outcome in outcomes:
+                    take(members, outcome)
+            except Interrupted as err:  # the stacks training now checkpoint and stop
+                with contextlib.suppress(Interrupted, StopIteration):
+                    take(*outcomes.throw(err))
+                    for members, outcome in outcomes:
+                        take(members, outcome)
+                stopped.append(err.signum)
         except (Interrupted, SystemExit) as err:  # SystemExit: a member's job was interrupted
             signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
-            for cfgs in pending.values():
-                for cfg in cfgs:
-                    mark_stack_interrupted(Path(cfg.paths.output_dir), signal.Signals(signum).name)
+            self._mark_interrupted(pending, signum)
             if isinstance(err, SystemExit):
                 raise
-            raise Interrupted(signum, "during a stacked sweep; run the sweep again") from None
+            raise Interrupted(signum, self._continue_line()) from None
+        if stopped:
+            self._mark_interrupted(pending, stopped[0])
+            raise Interrupted(stopped[0], self._continue_line())
         return [returns[i] for i in range(len(job_overrides))]
+
+    def _continue_line(self) -> str:
+        assert self.config is not None
+        command = continue_command(self.config.hydra.sweep.dir)
+        return (
+            f"during a stacked sweep; its checkpoints are written. Continue it with:\n  {command}"
+        )
+
+    def _mark_interrupted(self, pending: dict[Any, list[DictConfig]], signum: int) -> None:
+        assert self.config is not None
+        command = continue_command(self.config.hydra.sweep.dir)
+        for cfgs in pending.values():
+            for cfg in cfgs:
+                mark_stack_interrupted(
+                    Path(cfg.paths.output_dir), signal.Signals(signum).name, command
+                )
 
     def _task(self) -> TaskFunction:
         assert self.task_function is not None
@@ -183,7 +218,10 @@ class StackedLauncher(Launcher):
         chosen = int(first.threads) if first.get("threads") else None  # the config's `threads`
         if workers == 1:
             for members, cfgs in task_cfgs.items():
-                yield members, train_members(cfgs, *args, chosen, announce=True)
+                outcome = train_members(cfgs, *args, chosen, announce=True)
+                yield members, outcome
+                if outcome.interrupted is not None:
+                    return  # the sweep stops here: the next stacks are not started
             return
         threads = chosen or max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")
@@ -194,17 +232,12 @@ class StackedLauncher(Launcher):
             }
             try:
                 for future in as_completed(futures):
-                    members = futures[future]
-                    try:
-                        outcome = torch.load(io.BytesIO(future.result()), weights_only=False)
-                    except Exception as err:  # the worker died (killed, out of memory)
-                        failure = RuntimeError(f"the stack's worker process failed: {err!r}")
-                        outcome = StackOutcome([MemberResult(error=failure) for _ in members])
-                    yield members, outcome
+                    yield futures[future], _outcome(future, futures[future])
+            except Interrupted:  # the workers checkpoint their stacks and stop
+                yield from _stop_workers(pool, futures)
+                raise
             except BaseException:
-                for process in list(getattr(pool, "_processes", {}).values()):
-                    process.terminate()
-                pool.shutdown(wait=False, cancel_futures=True)
+                _end_workers(pool)
                 raise
 
     def _stack_configs(
@@ -268,6 +301,40 @@ def _train_in_worker(
     return buffer.getvalue()
 
 
+def _outcome(future: Future, members: tuple[int, ...]) -> StackOutcome:
+    """A worker's outcome, or the failure of every member where the worker died."""
+    try:
+        return torch.load(io.BytesIO(future.result()), weights_only=False)
+    except Exception as err:  # the worker died (killed, out of memory)
+        failure = RuntimeError(f"the stack's worker process failed: {err!r}")
+        return StackOutcome([MemberResult(error=failure) for _ in members])
+
+
+def _stop_workers(
+    pool: ProcessPoolExecutor, futures: dict[Future, tuple[int, ...]]
+) -> Iterator[tuple[tuple[int, ...], StackOutcome]]:
+    """After an interrupt: stacks not started are cancelled; the running ones get SIGTERM
+    (each ends its block of epochs, writes its checkpoint and returns, interrupted), and
+    their outcomes are awaited up to a minute; a second interrupt ends the workers."""
+    for future in futures:
+        future.cancel()
+    for process in list(getattr(pool, "_processes", {}).values()):
+        with contextlib.suppress(OSError):
+            os.kill(process.pid, signal.SIGTERM)
+    try:
+        done = wait([f for f in futures if not f.cancelled()], timeout=60).done
+        for future in done:
+            yield futures[future], _outcome(future, futures[future])
+    finally:
+        _end_workers(pool)
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _ignore_signals() -> None:
     """A worker leaves Ctrl-C and SIGTERM to the launcher, which ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -300,11 +367,11 @@ def resolved_task_configs(configs: list[DictConfig]) -> list[DictConfig]:
     return out
 
 
-def mark_stack_interrupted(out_dir: Path, signal_name: str) -> None:
-    """A member's ``interrupted.json`` (the aggregator lists the job as interrupted)."""
+def mark_stack_interrupted(out_dir: Path, signal_name: str, command: str) -> None:
+    """A member's ``interrupted.json`` (the aggregator lists the job as interrupted):
+    ``command`` continues the sweep (the stack from its checkpoints, if written)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(
         out_dir / INTERRUPTED_FILE,
-        {"signal": signal_name, "phase": "stacked training",
-         "resume": "a stack does not resume: run the sweep again"},
-    )  # fmt: skip
+        {"signal": signal_name, "phase": "stacked training", "resume": command},
+    )

@@ -12,11 +12,15 @@ checked as integers.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
 
+from hydra_plugins.gnn_attn_stacked.continuing import ContinuingLauncher, continue_sweep
 from hydra_plugins.gnn_attn_stacked.stacked_launcher import group_key, seed_of
 
 
@@ -31,6 +35,21 @@ ConfigStore.instance().store(
 
 
 class StackedSweeper(BasicSweeper):
+    """Also continues an interrupted sweep pointed at its own dir
+    (:mod:`hydra_plugins.gnn_attn_stacked.continuing`)."""
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        assert self.launcher is not None
+        self.launcher = ContinuingLauncher(self.launcher, config)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        assert self.config is not None
+        continue_sweep(self.config)  # before Hydra writes multirun.yaml
+        return super().sweep(arguments)
+
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         first: dict[tuple[str, ...], Sequence[str]] = {}
         for overrides in batch:
