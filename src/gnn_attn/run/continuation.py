@@ -32,6 +32,8 @@ from gnn_attn.config import project_root
 from gnn_attn.errors import UserError
 
 RECORD = "sweep.yaml"
+# a stack's member's checkpoint in its job's checkpoints/, and the one before it
+STACK_CHECKPOINT, STACK_PREVIOUS = "stack.ckpt", "stack.prev.ckpt"
 # keys that do not change a job's result: where it writes, how it prints, its threads
 NON_SETTINGS = ("paths", "print_config", "threads", "ckpt_path", "trainer.enable_progress_bar")
 # overrides the command line gains on its way to Hydra (not the user's)
@@ -220,3 +222,9 @@ def resume_in_sweep(cfg: DictConfig, out_dir: Path) -> bool:
     with open_dict(cfg):
         cfg.ckpt_path = str(last)
     return True
+
+
+def remove_stack_checkpoints(out_dir: Path) -> None:
+    """A job's stack checkpoints, once its result is written (they only resume)."""
+    for name in (STACK_CHECKPOINT, STACK_PREVIOUS):
+        (out_dir / "checkpoints" / name).unlink(missing_ok=True)

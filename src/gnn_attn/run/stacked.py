@@ -60,11 +60,10 @@ from gnn_attn.run.build import (
     configured_callbacks,
     is_graph_set,
 )
-from gnn_attn.run.continuation import run_settings
+from gnn_attn.run.continuation import STACK_CHECKPOINT, STACK_PREVIOUS, run_settings
 from gnn_attn.run.train import optimized_value, publish, write_json
 
 HISTORY = ("train/loss", "train/acc", "val/loss", "val/acc")
-STACK_CHECKPOINT, STACK_PREVIOUS = "stack.ckpt", "stack.prev.ckpt"  # in each member's checkpoints/
 LIVE = ("csv", "tensorboard")  # the loggers a stack writes as it trains (W&B: at its end)
 
 
@@ -555,6 +554,7 @@ class StackTrainer:
             "fit_seconds": self.fit_seconds,
             "settings": run_settings(self.run_configs[m]),
             "rng": torch.get_rng_state(),
+            "threads": torch.get_num_threads(),  # CPU rounding can depend on them
         }
         if m in self.failed:
             state["failed"] = str(self.failed[m])
@@ -672,6 +672,8 @@ class StackTrainer:
         self.epoch.fill_(self.epochs_run)
         self.member_epochs, self.fit_seconds = first["member_epochs"], first["fit_seconds"]
         torch.set_rng_state(first["rng"])
+        if self.device.type == "cpu":  # the unbroken stack's threads: its rounding
+            torch.set_num_threads(int(first.get("threads") or torch.get_num_threads()))
         return self.epochs_run
 
     def _checkpoint_due(self) -> bool:
@@ -833,8 +835,22 @@ def train_members(
 ) -> StackOutcome:
     """Train ``cfgs`` (equal but for ``seed``) as one stack: the launcher's unit of work,
     run in its process or in a worker (``threads``: torch threads there)."""
-    if threads:
-        torch.set_num_threads(threads)
+    before = torch.get_num_threads()
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        return _train_members(cfgs, readout_every, cuda_graph, torch_func_on_cpu, announce)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_members(
+    cfgs: list[DictConfig],
+    readout_every: int,
+    cuda_graph: bool,
+    torch_func_on_cpu: bool,
+    announce: bool,
+) -> StackOutcome:
     try:
         trainer = StackTrainer(cfgs, readout_every, cuda_graph, torch_func_on_cpu=torch_func_on_cpu)
     except NotStackable as why:
@@ -903,8 +919,6 @@ def finish_member(cfg: DictConfig, result: MemberResult) -> float:
     for lg in loggers:
         lg.finalize("success")
     publish(metrics, loggers, out_dir)
-    for path in result.checkpoints:  # they only resume an unfinished stack
-        path.unlink(missing_ok=True)
     return optimized_value(cfg, metrics)
 
 

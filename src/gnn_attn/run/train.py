@@ -35,7 +35,11 @@ from gnn_attn.run.build import (
     check_ddp_loader,
     read_checkpoint,
 )
-from gnn_attn.run.continuation import continue_command, resume_in_sweep
+from gnn_attn.run.continuation import (
+    continue_command,
+    remove_stack_checkpoints,
+    resume_in_sweep,
+)
 from gnn_attn.run.distributed import ddp_group, is_worker, world_size
 from gnn_attn.run.sweep import is_multirun
 
@@ -268,6 +272,7 @@ def publish(metrics: dict[str, Any], loggers: list, out_dir: Path) -> None:
             lg.log_checkpoint(metrics["checkpoint"], public)
     write_json(out_dir / "metrics.json", metrics)
     (out_dir / INTERRUPTED_FILE).unlink(missing_ok=True)  # a resumed run finished
+    remove_stack_checkpoints(out_dir)  # a stack's member (or a job once one) finished
     print(
         f"{metrics['model']} on {metrics['dataset']} (seed {metrics['seed']}): "
         f"test/acc {metrics['test/acc']:.4f} | val/acc {metrics['val/acc']:.4f} "

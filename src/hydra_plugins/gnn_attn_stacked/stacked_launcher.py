@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from gnn_attn.analysis.jobs import INTERRUPTED_FILE
 from gnn_attn.console import ranges
 from gnn_attn.errors import Interrupted
+from gnn_attn.run.build import build_data
 from gnn_attn.run.continuation import continue_command
 from gnn_attn.run.entry import run_task
 from gnn_attn.run.stacked import (
@@ -224,6 +225,8 @@ class StackedLauncher(Launcher):
                     return  # the sweep stops here: the next stacks are not started
             return
         threads = chosen or max(1, (os.cpu_count() or 1) // workers)
+        for cfg in {str(c[0].data): c[0] for c in task_cfgs.values()}.values():
+            build_data(cfg, "fit", sweep=True)  # its cache written once, not by racing workers
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, context, initializer=_ignore_signals) as pool:
             futures = {
