@@ -159,7 +159,7 @@ class ContinuingOptunaSweeper(OptunaSweeper):
         running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
         for trial in running:  # this process is the study's only writer: they died
             study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
-            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             study.enqueue_trial(trial.params)
         died = {t.number for t in running}
         ended = [
