@@ -46,8 +46,9 @@ table: install
 
 # Runs the whole table (10 seeds per cell, each cell's seeds one stack), then aggregates it.
 # The paper's 100 runs per cell: make paper-table ARGS=experiment=paper_table_100
+# An interrupted one continues: make paper-table SWEEP=<its dir> (and the same ARGS).
 paper-table: install
-	@dir=multirun/paper_table/$$(date +%Y-%m-%d_%H-%M-%S); \
+	@dir=$(if $(SWEEP),$(SWEEP),multirun/paper_table/$$(date +%Y-%m-%d_%H-%M-%S)); \
 	$(BIN)/python train.py experiment=paper_table hydra.sweep.dir=$$dir $(ARGS); \
 	status=$$?; \
 	$(BIN)/python -m gnn_attn.analysis.aggregate $$dir; \

@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import ROOT, read_metrics, run_cli, sweep_overrides
 
+pytestmark = pytest.mark.slow
+
 KEYS = ("test/acc", "val/acc_best", "best_epoch", "epochs")
 SWEEP = [
     "model=gat,gcn",

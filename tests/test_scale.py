@@ -102,7 +102,15 @@ def test_ddp_jobs_in_a_sweep_each_write_one_run(tmp_path: Path, cache_dir: Path)
         "trainer.max_epochs=2",
     )
     names = sorted(p.name for p in sweep_dir.iterdir())  # + the table every sweep ends with
-    assert names == ["0", "1", "multirun.yaml", "results.csv", "results.md", "results.png"]
+    assert names == [
+        "0",
+        "1",
+        "multirun.yaml",
+        "results.csv",
+        "results.md",
+        "results.png",
+        "sweep.yaml",  # what the sweep is: its continuation checks it
+    ]
     for job in ("0", "1"):
         m = read_metrics(sweep_dir / job)
         assert m["processes"] == 2 and m["seed"] == int(job)

@@ -212,13 +212,16 @@ def clear_failure(job_dir: Path) -> None:
         path.unlink()
 
 
-def resume_in_sweep(cfg: DictConfig, out_dir: Path) -> bool:
-    """A job of a continued sweep that left a ``last.ckpt`` and no result resumes from
-    it (``ckpt_path`` set). Whether it does."""
+def resume_in_sweep(cfg: DictConfig, out_dir: Path, requeued: bool = False) -> bool:
+    """A job of a continued sweep (or a requeued submitit job: ``requeued``) that left a
+    ``last.ckpt`` and no result resumes from it (``ckpt_path`` set). Whether it does."""
     last = out_dir / "checkpoints" / "last.ckpt"
     if cfg.get("ckpt_path") or not last.is_file() or finished_metrics(out_dir) is not None:
         return False
-    print(f"{out_dir}: resuming from its last.ckpt (the job had not finished)", flush=True)
+    if requeued:
+        print(f"requeued job: resuming from {last}", flush=True)
+    else:
+        print(f"continuing the sweep: job {out_dir.name} resuming from its last.ckpt", flush=True)
     with open_dict(cfg):
         cfg.ckpt_path = str(last)
     return True

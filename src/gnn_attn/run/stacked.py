@@ -13,9 +13,10 @@ epochs is a CUDA graph (captured once, replayed), where the device allows it.
 Each member ends as a lone job does: ``config.yaml``, ``checkpoints/best.ckpt`` (a
 Lightning checkpoint of the lone model: ``eval.py`` evaluates it on its own and gets the
 same ``test/acc``), ``metrics.json``, the configured loggers (the epoch history, written
-when the stack ends) — see :func:`finish_member`. What a lone run has and a member has
-not: the pictures (``callbacks``), ``last.ckpt`` and resume (a stack is one short
-process: an interrupted one runs again), and the live progress bar.
+when the stack ends) — see :func:`finish_member`. A stack checkpoints (each member's
+share in its job dir, :meth:`StackTrainer.save_checkpoint`) on the lone run's schedule
+and at Ctrl-C/SIGTERM, and resumes from it when its sweep continues
+(:meth:`StackTrainer.resume`, :mod:`gnn_attn.run.continuation`).
 """
 
 from __future__ import annotations
@@ -543,7 +544,7 @@ class StackTrainer:
         folder = Path(self.cfgs[m].paths.output_dir) / "checkpoints"
         return folder / (STACK_PREVIOUS if previous else STACK_CHECKPOINT)
 
-    def member_checkpoint(self, m: int) -> dict[str, Any]:
+    def member_share(self, m: int) -> dict[str, Any]:
         """Member ``m``'s share of the stack's state, everything an exact resume needs:
         its slice of every parameter, of the optimizer state and of the selection state
         (snapshot included), its history, its dropout stream; or its record if it has
@@ -593,7 +594,7 @@ class StackTrainer:
         return state
 
     def save_checkpoint(self) -> None:
-        """Every member's :meth:`member_checkpoint` into its job dir
+        """Every member's :meth:`member_share` into its job dir
         (``checkpoints/stack.ckpt``, atomically), the one it replaces kept as
         ``stack.prev.ckpt``: a kill between two members' writes leaves every member a
         file of the earlier epoch (:meth:`resume` takes the latest epoch all have)."""
@@ -601,7 +602,7 @@ class StackTrainer:
             path = self.checkpoint_file(m)
             if path.is_file():
                 os.replace(path, self.checkpoint_file(m, previous=True))
-            save_atomically(self.member_checkpoint(m), path)
+            save_atomically(self.member_share(m), path)
         self._saved_at = time.monotonic()
 
     def _read_checkpoints(self) -> list[dict[str, Any]] | None:

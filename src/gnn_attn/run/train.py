@@ -285,8 +285,9 @@ def resume_unfinished_job(cfg: DictConfig, out_dir: Path) -> None:
     """A job that runs again in its own dir — a continued sweep's
     (:mod:`gnn_attn.run.continuation`), a requeued submitit job's — resumes from the
     ``last.ckpt`` it wrote, unless it had finished."""
-    if is_multirun() or preemption_signal() is not None:
-        resume_in_sweep(cfg, out_dir)
+    requeued = preemption_signal() is not None
+    if requeued or is_multirun():
+        resume_in_sweep(cfg, out_dir, requeued)
 
 
 def keep_wandb_run(cfg: DictConfig, resume: Resume | None) -> None:
