@@ -176,8 +176,10 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
     sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
-def start_train(*overrides: str) -> subprocess.Popen:
-    """Start ``python train.py <overrides>`` (the real CLI) without waiting, to signal it."""
+def start_train(*overrides: str, new_session: bool = False) -> subprocess.Popen:
+    """Start ``python train.py <overrides>`` (the real CLI) without waiting, to signal it
+    (``new_session``: in a process group of its own, its workers too, to kill as a node
+    failure would)."""
     return subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *overrides],
         cwd=ROOT,
@@ -185,6 +187,7 @@ def start_train(*overrides: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=new_session,
     )
 
 

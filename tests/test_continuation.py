@@ -9,14 +9,13 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 
-from tests.conftest import ROOT, read_metrics, run_cli, sweep_overrides
+from tests.conftest import read_metrics, run_cli, start_train, sweep_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -32,17 +31,7 @@ SWEEP = [
 
 
 def start(*overrides: str) -> subprocess.Popen:
-    """``train.py`` in a process group of its own (its workers too), to kill as a node
-    failure would."""
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *overrides],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return start_train(*overrides, new_session=True)
 
 
 def wait_for(pattern: str, folder: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
