@@ -801,12 +801,13 @@ def member_checkpoint(module: NodeClassifier, epoch: int) -> dict[str, Any]:
 def stop_on_signals(trainer: StackTrainer) -> Iterator[None]:
     """While the stack trains, SIGINT or SIGTERM ends the current block of epochs, writes
     the stack's checkpoint and stops it (``trainer.stop_signal``); a second signal stops
-    at once (:class:`~gnn_attn.errors.Interrupted`)."""
+    at once (:class:`~gnn_attn.errors.Interrupted`), unless it is the other one of the
+    two (a worker gets the terminal's SIGINT and the launcher's SIGTERM)."""
 
     def handler(signum: int, frame: Any) -> None:
-        if trainer.stop_signal is not None:
+        if trainer.stop_signal == signum:  # (a Ctrl-C, then the launcher's SIGTERM: one)
             raise Interrupted(signum, "a second signal: the stack stopped without a checkpoint")
-        trainer.stop_signal = signum
+        trainer.stop_signal = trainer.stop_signal or signum
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -155,11 +155,11 @@ class StackedLauncher(Launcher):
                 for members, outcome in outcomes:
                     take(members, outcome)
             except Interrupted as err:  # the stacks training now checkpoint and stop
+                stopped.append(err.signum)  # the signal the line names: the launcher's
                 with contextlib.suppress(Interrupted, StopIteration):
                     take(*outcomes.throw(err))
                     for members, outcome in outcomes:
                         take(members, outcome)
-                stopped.append(err.signum)
         except (Interrupted, SystemExit) as err:  # SystemExit: a member's job was interrupted
             signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
             self._mark_interrupted(pending, signum)
@@ -308,6 +308,8 @@ def _outcome(future: Future, members: tuple[int, ...]) -> StackOutcome:
     """A worker's outcome, or the failure of every member where the worker died."""
     try:
         return torch.load(io.BytesIO(future.result()), weights_only=False)
+    except Interrupted as err:  # stopped at once (a second signal): no checkpoint
+        return StackOutcome(interrupted=err.signum)
     except Exception as err:  # the worker died (killed, out of memory)
         failure = RuntimeError(f"the stack's worker process failed: {err!r}")
         return StackOutcome([MemberResult(error=failure) for _ in members])
